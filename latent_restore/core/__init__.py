@@ -1,0 +1,1 @@
+"""Shared building blocks. Nothing in here imports a stage package."""

@@ -1,0 +1,50 @@
+"""Blocks shared by more than one network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INSTANCE_NORM_EPS = 1e-5
+
+
+def instance_norm(x: torch.Tensor) -> torch.Tensor:
+    """Instance normalisation without affine parameters or running statistics (stores nothing)."""
+    return F.instance_norm(x, eps=INSTANCE_NORM_EPS)
+
+
+def reflect_conv(conv: nn.Conv2d, x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Reflection-pad ``x`` by ``pad`` on every side, then apply ``conv`` (built with ``padding=0``)."""
+    return conv(F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x)
+
+
+class ResidualBlock(nn.Module):
+    """``x + IN(conv(ReLU(IN(conv(x)))))`` with reflection padding; no activation after the sum.
+
+    The residual block of the VAEs and mapping networks (Wan et al. 2020, §3; spec §3.3).
+
+    Args:
+        channels: input and output channels.
+        dilation: dilation of the first convolution (its reflection padding grows with it).
+    """
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.dilation = dilation
+        self.conv1 = nn.Conv2d(channels, channels, 3, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(instance_norm(reflect_conv(self.conv1, x, self.dilation)))
+        h = instance_norm(reflect_conv(self.conv2, h, 1))
+        return x + h
+
+
+def residual_stack(channels: int, count: int) -> nn.Sequential:
+    """``count`` :class:`ResidualBlock`\\ s in sequence."""
+    return nn.Sequential(*(ResidualBlock(channels) for _ in range(count)))
+
+
+OFFICIAL_RESIDUAL_KEYS = {"conv_block.1": "conv1", "conv_block.5": "conv2"}
+"""Where the released checkpoints keep the two convolutions of a :class:`ResidualBlock`."""

@@ -1,0 +1,27 @@
+"""The weights directory: one sub-directory per component, each in our checkpoint format.
+
+``latent-restore convert`` writes it from the released checkpoints, the training scripts write it
+at the end of a run, and the pipeline reads it. Missing components are fine as long as the mode
+that needs them is not used.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Component(str, enum.Enum):
+    """Names of the component directories inside a weights directory."""
+
+    VAE_A = "vae_a"
+    """VAE of old photos; its encoder runs in every mode."""
+    VAE_B_QUALITY = "vae_b_quality"
+    """VAE of clean photos paired with the plain mapping; its decoder runs in quality mode."""
+    VAE_B_SCRATCH = "vae_b_scratch"
+    """VAE of clean photos paired with the scratch mappings; decoder for scratch and HR modes."""
+    MAPPING_QUALITY = "mapping_quality"
+    MAPPING_SCRATCH = "mapping_scratch"
+    MAPPING_HR = "mapping_hr"
+    SCRATCH_DETECTOR = "scratch_detector"
+    FACE_256 = "face_256"
+    FACE_512 = "face_512"

@@ -1,0 +1,106 @@
+"""Multi-scale patch attention for high-resolution scratched photos (TPAMI 2022 extension; spec §3.7).
+
+Instead of cell-to-cell attention over the whole latent, the latent is cut into ``p x p`` tiles;
+each hole tile is replaced by the most similar (cosine) non-hole tile, and a 3x3 convolution fuses
+the block input, the transferred tiles and the hole map. The similarity matrix is
+``#hole tiles x #known tiles`` — tiny next to the ``N x N`` matrix of the non-local block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latent_restore.core.layers import ResidualBlock
+
+HOLE_TILE_FRACTION = 0.6
+
+
+def hole_map(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``1[bilinear(mask, size) > 0]``: every latent cell a scratch touches is a hole."""
+    resized = F.interpolate(mask.to(torch.float32), size=size, mode="bilinear", align_corners=False)
+    return (resized > 0).to(torch.float32)
+
+
+def _to_tiles(x: torch.Tensor, p: int) -> torch.Tensor:
+    c, h, w = x.shape
+    th, tw = h // p, w // p
+    tiles = x[:, : th * p, : tw * p].reshape(c, th, p, tw, p)
+    return tiles.permute(1, 3, 0, 2, 4).reshape(th * tw, c * p * p)
+
+
+def _from_tiles(tiles: torch.Tensor, c: int, th: int, tw: int, p: int) -> torch.Tensor:
+    return tiles.reshape(th, tw, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, th * p, tw * p)
+
+
+def match_patches(x: torch.Tensor, holes: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decide which tiles are holes and which known tile fills each of them.
+
+    Args:
+        x: ``C x h x w`` features of one photo.
+        holes: ``h x w`` hole map (1 = hole).
+        patch_size: tile side ``p``; only ``floor(h/p) x floor(w/p)`` tiles exist.
+
+    Returns:
+        ``(flags, sources)``: bool flag per tile in raster order (True = hole tile, i.e. more than
+        60 % of its cells are holes) and, for each hole tile in raster order, the raster index of
+        the known tile with the highest cosine similarity. ``sources`` is empty when there is no
+        hole tile or no known tile.
+    """
+    p = patch_size
+    th, tw = x.shape[1] // p, x.shape[2] // p
+    cover = holes[: th * p, : tw * p].reshape(th, p, tw, p).mean(dim=(1, 3)).reshape(-1)
+    flags = cover > HOLE_TILE_FRACTION
+    hole_idx = torch.nonzero(flags).flatten()
+    known_idx = torch.nonzero(~flags).flatten()
+    if hole_idx.numel() == 0 or known_idx.numel() == 0:
+        return flags, hole_idx.new_empty(0)
+    tiles = F.normalize(_to_tiles(x, p), dim=1, eps=1e-12)
+    similarity = tiles[hole_idx] @ tiles[known_idx].t()
+    return flags, known_idx[similarity.argmax(dim=1)]
+
+
+class PatchAttention(nn.Module):
+    """One scale of patch attention.
+
+    Args:
+        channels: feature channels ``C``.
+        patch_size: tile side in latent cells.
+    """
+
+    def __init__(self, channels: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.block = ResidualBlock(channels)
+        self.combine = nn.Conv2d(2 * channels + 1, channels, 3, padding=1)
+
+    def transfer(self, x: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        """Copy the best-matching known tile into each hole tile, per photo of the batch.
+
+        Where at least one tile is copied, cells outside the tile grid (the right/bottom remainder
+        when the latent side is not a multiple of the tile) become zero, as in the released model.
+        A photo whose tiles are all holes has nothing to copy from and keeps its features (the
+        released model raises an error there).
+        """
+        p = self.patch_size
+        out = []
+        for b in range(x.shape[0]):
+            flags, sources = match_patches(x[b], holes[b, 0], p)
+            if sources.numel() == 0:
+                out.append(x[b])
+                continue
+            c, h, w = x[b].shape
+            th, tw = h // p, w // p
+            tiles = _to_tiles(x[b], p).clone()
+            tiles[torch.nonzero(flags).flatten()] = tiles[sources]
+            filled = x.new_zeros(c, h, w)
+            filled[:, : th * p, : tw * p] = _from_tiles(tiles, c, th, tw, p)
+            out.append(filled)
+        return torch.stack(out)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Args: z ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution (1 = scratch)."""
+        holes = hole_map(mask, (z.shape[-2], z.shape[-1])).to(z.dtype)
+        transferred = self.transfer(self.block(z), holes)
+        return self.combine(torch.cat([z, transferred, holes], dim=1))
