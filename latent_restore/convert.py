@@ -105,7 +105,9 @@ FAMILIES: list[Family] = [
         _fixed(Component.MAPPING_HR),
         patch_attention_mapping_from_official,
     ),
-    Family("scratch detector", is_official_detector, _fixed(Component.SCRATCH_DETECTOR), detector_from_official),
+    Family(
+        "scratch detector", is_official_detector, _fixed(Component.SCRATCH_DETECTOR), detector_from_official
+    ),
 ]
 
 
@@ -124,7 +126,9 @@ def read_official_file(path: Path) -> dict[str, torch.Tensor]:
             f"run arbitrary code (torch.load weights_only=True said: {str(exc).splitlines()[0]})"
         ) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {exc}") from exc
+        raise ConversionError(
+            f"{path}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
     if isinstance(obj, dict) and "model_state" in obj:
         obj = obj["model_state"]
     elif isinstance(obj, dict) and "state_dict" in obj:
@@ -149,7 +153,9 @@ def find_official_files(root: Path) -> list[Path]:
     return files
 
 
-def convert_official(official_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[Component, Path]:
+def convert_official(
+    official_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> dict[Component, Path]:
     """Convert every released checkpoint under ``official_dir`` into ``out_dir``.
 
     Returns:

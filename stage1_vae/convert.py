@@ -33,4 +33,6 @@ def is_official_vae(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 def vae_from_official(state_dict: Mapping[str, torch.Tensor], source: str = "VAE checkpoint") -> VAE:
     """Build a :class:`VAE` with the released settings and load an official state dict strictly."""
-    return load_renamed(VAE(OFFICIAL_VAE_CONFIG), state_dict, OFFICIAL_VAE_MODULES, source, OFFICIAL_RESIDUAL_KEYS)
+    return load_renamed(
+        VAE(OFFICIAL_VAE_CONFIG), state_dict, OFFICIAL_VAE_MODULES, source, OFFICIAL_RESIDUAL_KEYS
+    )

@@ -108,9 +108,15 @@ def patch_attention_mapping_from_official(
     )
 
 
-def detector_from_official(state_dict: Mapping[str, torch.Tensor], source: str = "detector") -> ScratchDetector:
+def detector_from_official(
+    state_dict: Mapping[str, torch.Tensor], source: str = "detector"
+) -> ScratchDetector:
     """The blur filters are constants of the architecture: stored values are used, missing ones rebuilt."""
     model = ScratchDetector(ScratchDetectorConfig())
     return load_renamed(
-        model, state_dict, OFFICIAL_DETECTOR_MODULES, source, optional_suffixes=("num_batches_tracked", ".filt")
+        model,
+        state_dict,
+        OFFICIAL_DETECTOR_MODULES,
+        source,
+        optional_suffixes=("num_batches_tracked", ".filt"),
     )

@@ -100,7 +100,7 @@ def partial_attention_naive(
     x: torch.Tensor, valid: torch.Tensor, theta: nn.Conv2d, phi: nn.Conv2d, g: nn.Conv2d
 ) -> torch.Tensor:
     """The released full-matrix formulation (``O(N^2)`` memory); kept for tests and benchmarks."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     q = theta(x).reshape(n, -1, h * w).permute(0, 2, 1)
     k = phi(x).reshape(n, -1, h * w)
     v = g(x).reshape(n, -1, h * w).permute(0, 2, 1)

@@ -125,12 +125,14 @@ class ScratchDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.config.multiple
         if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f"ScratchDetector needs sides that are multiples of {m}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"ScratchDetector needs sides that are multiples of {m}, got {tuple(x.shape[-2:])}"
+            )
         x = F.leaky_relu(reflect_conv(self.stem, x, 3), LEAK)
         skips = []
         for level in self.down:
             skips.append(x)
             x = level(x)
-        for level, skip in zip(self.up, reversed(skips)):
+        for level, skip in zip(self.up, reversed(skips), strict=True):
             x = level(x, skip)
         return reflect_conv(self.head, x, 1)

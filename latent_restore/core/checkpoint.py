@@ -72,7 +72,9 @@ class StateDictDiff:
         lines = []
         for title, items in (("missing", self.missing), ("unexpected", self.unexpected)):
             if items:
-                shown = ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+                shown = ", ".join(items[:limit]) + (
+                    f", ... ({len(items)} in all)" if len(items) > limit else ""
+                )
                 lines.append(f"{title} keys: {shown}")
         for key, expected, got in self.mismatched[:limit]:
             lines.append(f"shape mismatch for {key}: network expects {list(expected)}, file has {list(got)}")
@@ -115,7 +117,9 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def save_component(model: nn.Module, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+def save_component(
+    model: nn.Module, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` (a registered architecture) as ``directory/{model.safetensors,config.json}``.
 
     Each file is written to a temporary name and renamed, so an interrupted save never leaves a
