@@ -45,7 +45,7 @@ def manifest_path() -> Path:
     env = os.environ.get("LATENT_RESTORE_MANIFEST")
     fx = fixture_dir()
     return _first_existing(
-        [Path(env)] * bool(env)
+        ([Path(env)] if env else [])
         + [fx.parent / "checkpoint-manifest.json", fx / "checkpoint-manifest.json"]
         + [SHARED / "spec" / "checkpoint-manifest.json"]
     )
