@@ -63,7 +63,7 @@ def test_detector_without_batch_counters_and_with_module_prefix(tmp_path, genera
 def test_truncated_file_is_refused(tmp_path, generated) -> None:
     path = _save(tmp_path / "official", VAE_PATH.format("VAE_A_quality"), generated("VAE_A_quality"))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ConversionError, match="cannot be read.*truncated"):
+    with pytest.raises(ConversionError, match=r"cannot be read.*truncated"):
         convert_official(tmp_path / "official", tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
@@ -77,7 +77,7 @@ class Payload:
 
 def test_pickle_with_arbitrary_objects_is_refused(tmp_path, capsys) -> None:
     _save(tmp_path / "official", VAE_PATH.format("VAE_A_quality"), {"encoder.1.weight": Payload()})
-    with pytest.raises(ConversionError, match="refused.*objects other than tensors"):
+    with pytest.raises(ConversionError, match=r"refused.*objects other than tensors"):
         convert_official(tmp_path / "official", tmp_path / "w")
     assert "must never run" not in capsys.readouterr().out
 
@@ -94,7 +94,7 @@ def test_shape_mismatch_is_refused_with_the_key(tmp_path, generated, caplog) -> 
     _save(tmp_path / "official", VAE_PATH.format("VAE_A_quality"), sd)
     with (
         caplog.at_level(logging.ERROR),
-        pytest.raises(ConversionError, match="shape mismatch for encoder.down.0"),
+        pytest.raises(ConversionError, match=r"shape mismatch for encoder\.down\.0"),
     ):
         convert_official(tmp_path / "official", tmp_path / "w")
     assert main(["convert", "--official", str(tmp_path / "official"), "--out", str(tmp_path / "w")]) == 2
@@ -104,7 +104,7 @@ def test_missing_tensor_is_refused(tmp_path, generated) -> None:
     sd = generated("VAE_A_quality")
     del sd["decoder.11.bias"]
     _save(tmp_path / "official", VAE_PATH.format("VAE_A_quality"), sd)
-    with pytest.raises(ConversionError, match="missing keys: decoder.head.bias"):
+    with pytest.raises(ConversionError, match=r"missing keys: decoder\.head\.bias"):
         convert_official(tmp_path / "official", tmp_path / "w")
 
 
