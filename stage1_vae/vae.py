@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from latent_restore.core.checkpoint import register_architecture
@@ -61,9 +62,9 @@ class VAEEncoder(nn.Module):
         self.blocks = residual_stack(config.latent_channels, config.num_res_blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(instance_norm(reflect_conv(self.stem, x, 3)))
+        h = F.relu(instance_norm(reflect_conv(self.stem, x, 3)), inplace=True)
         for conv in self.down:
-            h = torch.relu(instance_norm(conv(h)))
+            h = F.relu(instance_norm(conv(h)), inplace=True)
         return self.blocks(h)
 
 
@@ -83,7 +84,7 @@ class VAEDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.blocks(z)
         for conv in self.up:
-            h = torch.relu(instance_norm(conv(h)))
+            h = F.relu(instance_norm(conv(h)), inplace=True)
         return torch.tanh(reflect_conv(self.head, h, 3))
 
 

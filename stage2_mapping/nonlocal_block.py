@@ -19,7 +19,7 @@ from latent_restore.core.layers import residual_stack
 from latent_restore.core.memory import available_memory
 
 RENORMALIZE_EPS = 1e-12
-DEFAULT_MAX_CHUNK_BYTES = 1 << 30
+DEFAULT_MAX_CHUNK_BYTES = 512 << 20
 
 
 def validity_map(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -67,7 +67,7 @@ def partial_attention(
         valid: ``N x 1 x h x w`` validity (1 = may be attended to).
         theta, phi, g: the block's 1x1 projections.
         max_chunk_bytes: scratch memory for one chunk of rows; ``None`` = a quarter of the memory
-            available on ``x``'s device, capped at 1 GiB.
+            available on ``x``'s device, capped at 512 MiB.
 
     Returns:
         ``N x C x h x w``.
@@ -79,6 +79,8 @@ def partial_attention(
     rows = _chunk_rows(cells, c, max_chunk_bytes)
     theta_w = theta.weight.reshape(theta.out_channels, c)
     out = torch.empty(n, g.out_channels, cells, dtype=x.dtype, device=x.device)
+    # In-place updates halve the scratch memory but would break autograd (softmax saves its output).
+    inplace = not torch.is_grad_enabled()
     for b in range(n):
         xb = x[b : b + 1]
         keys = phi(xb).reshape(-1, cells)  # C x N
@@ -89,8 +91,12 @@ def partial_attention(
             stop = min(start + rows, cells)
             queries = torch.addmm(theta.bias[:, None], theta_w, flat_x[:, start:stop]).t()
             attn = torch.softmax(queries @ keys, dim=-1)
-            attn = attn * weight
-            attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(RENORMALIZE_EPS)
+            if inplace:
+                attn.mul_(weight)
+                attn.div_(attn.sum(dim=-1, keepdim=True).clamp_min_(RENORMALIZE_EPS))
+            else:
+                attn = attn * weight
+                attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(RENORMALIZE_EPS)
             out[b, :, start:stop] = (attn @ values).t()
             del attn, queries
     return out.reshape(n, -1, h, w)

@@ -36,7 +36,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(instance_norm(reflect_conv(self.conv1, x, self.dilation)))
+        h = F.relu(instance_norm(reflect_conv(self.conv1, x, self.dilation)), inplace=True)
         h = instance_norm(reflect_conv(self.conv2, h, 1))
         return x + h
 
