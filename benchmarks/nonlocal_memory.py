@@ -87,9 +87,8 @@ def main() -> None:
         print(json.dumps(run_case(args.child, args.naive, args.out)))
         return
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {available_memory() / GIB:.1f} GiB available"
-    )
+    gib = available_memory() / GIB
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {gib:.1f} GiB available")
     header = f"{'size':>6} {'impl':>6} {'time s':>9} {'peak GiB':>9} {'base GiB':>9}  note"
     print(header)
     print("-" * len(header))
