@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,13 +24,108 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int]:
+    """``K/N`` from the command line, else the torchrun rank and world size, else ``0/1``."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants K/N, got {text!r}") from None
+    return index, count
+
+
+def _run(args: argparse.Namespace) -> int:
+    from latent_restore.batch import run_batch
+    from latent_restore.pipeline import (
+        Precision,
+        Preset,
+        RestorationOptions,
+        RestorationPipeline,
+        WeightsNotFoundError,
+    )
+    from latent_restore.weights import default_weights_dir
+
+    weights = args.weights or default_weights_dir()
+    if weights is None:
+        logger.error(
+            "no weights: this installation has no built-in weights. Convert the authors' released "
+            "checkpoints with `latent-restore convert --official DIR --out WEIGHTS`, "
+            "then pass --weights WEIGHTS."
+        )
+        return 2
+    try:
+        shard_index, shard_count = _shard(args.shard)
+        pipeline = RestorationPipeline.from_pretrained(
+            weights, device=args.device, precision=Precision(args.precision), faces=not args.no_faces
+        )
+        options = RestorationOptions(
+            with_scratch=args.with_scratch, hr=args.hr, faces=not args.no_faces, preset=Preset(args.preset)
+        )
+        summary = run_batch(
+            pipeline,
+            args.input,
+            args.output,
+            options,
+            recursive=args.recursive,
+            overwrite=args.overwrite,
+            save_stages=args.save_stages,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            show_progress=not args.quiet,
+        )
+    except (
+        WeightsNotFoundError,
+        FileNotFoundError,
+        PermissionError,
+        ValueError,
+        argparse.ArgumentTypeError,
+    ) as exc:
+        logger.error("%s", exc)
+        return 2
+    print(summary.report(), file=sys.stderr)
+    return summary.exit_code
+
+
+def _degrade(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from latent_restore.core.config import config_from_dict
+    from latent_restore.core.degradations import DegradationConfig, with_defects
+    from latent_restore.degrade import degrade_folder
+
+    try:
+        if args.config:
+            with open(args.config, encoding="utf-8") as handle:
+                config = config_from_dict(DegradationConfig, yaml.safe_load(handle) or {})
+        else:
+            config = DegradationConfig()
+        if args.scratches is not None:
+            config = with_defects(config, args.scratches)
+        if args.texture_dir:
+            texture = dataclasses.replace(config.texture, directory=str(args.texture_dir))
+            config = dataclasses.replace(config, texture=texture)
+        summary = degrade_folder(args.input, args.output, args.seed, config, progress=not args.quiet)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        logger.error("%s", exc)
+        return 2
+    if not summary.written and not summary.skipped:
+        logger.error("no images found in %s", args.input)
+        return 2
+    return 1 if summary.skipped else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latent-restore", description="Bring old photos back to life.")
-    parser.add_argument("--quiet", action="store_true", help="only print warnings and errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars; only warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
         "convert",
+        parents=[common],
         help="convert the officially released checkpoints into a weights directory",
         description="Convert a tree laid out like the unzipped official archives (Global/checkpoints/..., "
         "Face_Enhancement/checkpoints/...) into a latent-restore weights directory.",
@@ -37,6 +133,58 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--official", required=True, help="folder holding the unzipped official checkpoints")
     convert.add_argument("--out", required=True, help="weights directory to write")
     convert.set_defaults(handler=_convert)
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="restore a folder of photos (or one photo)",
+        description="Restore photos: scratch detection (with --with-scratch), global restoration, faces. "
+        "Each result is written as OUTPUT/<stem>.png; photos already restored are skipped.",
+    )
+    run.add_argument("--input", required=True, help="a photo or a folder of photos")
+    run.add_argument("--output", required=True, help="folder for the restored photos")
+    run.add_argument("--recursive", action="store_true", help="also restore photos in sub-folders")
+    run.add_argument(
+        "--with-scratch", action="store_true", help="detect and repair scratches, cracks and dust"
+    )
+    run.add_argument("--hr", action="store_true", help="patch-attention mapping for large scratched photos")
+    run.add_argument("--no-faces", action="store_true", help="do not enhance faces")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    run.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    run.add_argument("--weights", help="weights directory (default: the built-in weights)")
+    run.add_argument(
+        "--preset",
+        choices=["default", "official"],
+        default="default",
+        help="official = the released pipeline's resizing and saving (see docs/official-quirks.md)",
+    )
+    run.add_argument("--save-stages", action="store_true", help="also write each stage's image")
+    run.add_argument("--overwrite", action="store_true", help="redo photos whose output exists")
+    run.add_argument(
+        "--shard", help="K/N: restore only the K-th of N shares (default: torchrun rank/world size)"
+    )
+    run.set_defaults(handler=_run)
+
+    degrade = commands.add_parser(
+        "degrade",
+        parents=[common],
+        help="make synthetic old photos (with defect masks) from a folder of photos",
+        description="Degrade every image under --input with the synthetic old-photo model and write "
+        "<stem>.png, masks/<stem>.png (0/255), contact_sheet.png and degradations.json to --output. "
+        "Exit code 0 on success, 1 if some inputs were unreadable, 2 on a usage error.",
+    )
+    degrade.add_argument("--input", required=True, help="folder of photos (searched recursively)")
+    degrade.add_argument("--output", required=True, help="folder to write (must differ from --input)")
+    degrade.add_argument("--seed", type=int, default=0, help="base seed; same seed, same output")
+    degrade.add_argument(
+        "--scratches",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add structured defects (scratches, cracks, creases, dust, stains); default: on",
+    )
+    degrade.add_argument("--texture-dir", help="folder of paper textures to overlay")
+    degrade.add_argument("--config", help="YAML file with DegradationConfig fields")
+    degrade.set_defaults(handler=_degrade)
     return parser
 
 

@@ -8,6 +8,11 @@ that needs them is not used.
 from __future__ import annotations
 
 import enum
+from pathlib import Path
+
+# Importing the stage packages registers their architectures, so any component directory loads.
+import stage1_vae  # noqa: F401
+import stage2_mapping  # noqa: F401
 
 
 class Component(str, enum.Enum):
@@ -25,3 +30,16 @@ class Component(str, enum.Enum):
     SCRATCH_DETECTOR = "scratch_detector"
     FACE_256 = "face_256"
     FACE_512 = "face_512"
+
+
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "default_weights"
+"""Built-in weights shipped with the package (used when ``--weights`` is not given)."""
+
+
+def default_weights_dir() -> Path | None:
+    """The built-in weights directory, or None when this installation has none."""
+    return (
+        DEFAULT_WEIGHTS_DIR
+        if (DEFAULT_WEIGHTS_DIR / Component.VAE_A.value / "config.json").is_file()
+        else None
+    )

@@ -94,7 +94,7 @@ def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Iter
             base = tmp_path_factory.mktemp(f"official_{salt}")
             tree = write_official_tree(base / "official", sorted(key[0]), salt)
             out = base / "weights"
-            assert main(["--quiet", "convert", "--official", str(tree), "--out", str(out)]) == 0
+            assert main(["convert", "--quiet", "--official", str(tree), "--out", str(out)]) == 0
             cache[key] = out
         return cache[key]
 

@@ -40,7 +40,7 @@ def test_vae_roles_come_from_folders_and_values_survive(tmp_path, generated) -> 
     sd_a = generated("VAE_A_quality")
     _save(official, VAE_PATH.format("VAE_A_quality"), sd_a)
     _save(official, VAE_PATH.format("VAE_B_scratch"), generated("VAE_B_scratch"))
-    assert main(["--quiet", "convert", "--official", str(official), "--out", str(tmp_path / "w")]) == 0
+    assert main(["convert", "--quiet", "--official", str(official), "--out", str(tmp_path / "w")]) == 0
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["vae_a", "vae_b_scratch"]
     vae = load_component(tmp_path / "w" / "vae_a", VAE)
     assert torch.equal(vae.encoder.stem.weight, sd_a["encoder.1.weight"])
