@@ -129,6 +129,8 @@ def run_batch(
     bar = tqdm(photos, desc="photos", unit="photo", disable=not show_progress)
     for relative in bar:
         source, target = root / relative, output_dir / names[relative]
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by an interrupted earlier run
         if target.exists() and not overwrite:
             summary.already_done.append(source)
             continue
@@ -151,7 +153,7 @@ def run_batch(
             summary.failed.append((source, str(exc)))
             logger.warning("%s: skipped: %s", source, exc)
             continue
-        except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+        except Exception as exc:  # one photo's failure must not stop the batch
             summary.failed.append((source, f"{type(exc).__name__}: {exc}"))
             logger.error("%s: failed: %s", source, exc)
             continue

@@ -34,6 +34,7 @@ from latent_restore.weights import Component
 logger = logging.getLogger(__name__)
 
 LATENT_MULTIPLE = 4
+MIN_NETWORK_SIDE = 16
 DETECTOR_SHORT_SIDE = 256
 TILE_OVERLAP = 64
 MAX_ATTENTION_CELLS = 128 * 128
@@ -251,8 +252,10 @@ class RestorationPipeline:
         vae_a = self.components.get(Component.VAE_A)
         net = self.components.get(mapping)
         vae_b = self.components.get(decoder)
-        padded, size = pad_to_multiple(x, LATENT_MULTIPLE)
-        padded_mask = None if mask is None else pad_to_multiple(mask, LATENT_MULTIPLE)[0]
+        padded, size = pad_to_multiple(x, LATENT_MULTIPLE, minimum=MIN_NETWORK_SIDE)
+        padded_mask = (
+            None if mask is None else pad_to_multiple(mask, LATENT_MULTIPLE, minimum=MIN_NETWORK_SIDE)[0]
+        )
         with torch.inference_mode():
             z = vae_a.encode(padded.to(self.device, self.dtype))
             m = None if padded_mask is None else padded_mask.to(self.device, self.dtype)

@@ -99,3 +99,47 @@ def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Iter
         return cache[key]
 
     return build
+
+
+def write_tiny_weights(directory: Path, seed: int = 0) -> Path:
+    """A weights directory with every global component at a tiny size and random weights."""
+    from latent_restore.core.checkpoint import save_component
+    from latent_restore.weights import Component
+    from stage1_vae import VAE, VAEConfig
+    from stage2_mapping import (
+        MappingConfig,
+        MappingNetwork,
+        NonLocalMappingConfig,
+        NonLocalMappingNetwork,
+        PatchAttentionMappingConfig,
+        PatchAttentionMappingNetwork,
+        ScratchDetector,
+        ScratchDetectorConfig,
+    )
+
+    torch.manual_seed(seed)
+    vae = VAEConfig(base_channels=4, latent_channels=8, num_res_blocks=1)
+    mapping = {"latent_channels": 8, "base_channels": 4, "max_channels": 16, "num_levels": 2, "num_blocks": 1}
+    components = {
+        Component.VAE_A: VAE(vae),
+        Component.VAE_B_QUALITY: VAE(vae),
+        Component.VAE_B_SCRATCH: VAE(vae),
+        Component.MAPPING_QUALITY: MappingNetwork(MappingConfig(**mapping)),
+        Component.MAPPING_SCRATCH: NonLocalMappingNetwork(
+            NonLocalMappingConfig(**mapping, nonlocal_res_blocks=1)
+        ),
+        Component.MAPPING_HR: PatchAttentionMappingNetwork(
+            PatchAttentionMappingConfig(
+                **mapping, patch_sizes=(4, 2), pre_blocks=1, inter_blocks=1, post_blocks=1
+            )
+        ),
+        Component.SCRATCH_DETECTOR: ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)),
+    }
+    for component, model in components.items():
+        save_component(model, directory / component.value)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny") / "weights")

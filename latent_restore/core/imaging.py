@@ -49,18 +49,21 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
 
 
 def pad_to_multiple(
-    x: torch.Tensor, multiple: int, mode: str = "reflect"
+    x: torch.Tensor, multiple: int, mode: str = "reflect", minimum: int = 0
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad the right/bottom of ``x`` (``N x C x H x W``) so both sides are multiples of ``multiple``.
 
     Reflection keeps statistics (and instance norms) close to the unpadded photo; it falls back to
-    replication when a side is too small to reflect.
+    replication when a side is too small to reflect. ``minimum`` pads tiny inputs further (networks
+    with instance norms need more than one cell at their coarsest scale).
 
     Returns:
         The padded tensor and the original ``(H, W)`` for :func:`crop_to`.
     """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    target_h = max(h, minimum) + (-max(h, minimum)) % multiple
+    target_w = max(w, minimum) + (-max(w, minimum)) % multiple
+    ph, pw = target_h - h, target_w - w
     if ph == 0 and pw == 0:
         return x, (h, w)
     if mode == "reflect" and (ph >= h or pw >= w):
@@ -162,9 +165,11 @@ def read_photo(path: str | os.PathLike[str]) -> Photo:
             icc = opened.info.get("icc_profile")
             exif = upright.info.get("exif") or None
             rgb, alpha, gray, depth = _pil_to_arrays(upright)
-            orientation_changed = upright is not opened
+            orientation_changed = opened.getexif().get(0x0112, 1) not in (0, 1)
     except UnidentifiedImageError:
         raise ImageReadError("not an image file (unknown format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"refused: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot decode: {exc}") from None
     deep = _read_deep(path, data)

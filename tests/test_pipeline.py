@@ -1,0 +1,135 @@
+"""RestorationPipeline on tiny weights: sizes, modes, presets, colour handling, tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latent_restore.core.colour import MonochromeTone
+from latent_restore.core.imaging import photo_from_array
+from latent_restore.core.tiling import run_tiled, tile_starts
+from latent_restore.pipeline import (
+    Preset,
+    RestorationOptions,
+    RestorationPipeline,
+    WeightsNotFoundError,
+    estimate_global_bytes,
+)
+
+
+def _photo(h: int, w: int, seed: int = 0, gray: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 0.5 + 0.3 * np.sin(xx / 7.0)[..., None] * np.cos(yy / 5.0)[..., None] * np.array([1.0, 0.8, 0.6])
+    image = np.clip(base + rng.normal(0, 0.05, (h, w, 3)), 0, 1)
+    if gray:
+        image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+    return (image * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_weights):
+    return RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (1, 1), (3, 200), (64, 64)])
+@pytest.mark.parametrize("with_scratch,hr", [(False, False), (True, False), (True, True)])
+def test_output_keeps_input_size(pipeline, size, with_scratch, hr) -> None:
+    result = pipeline(_photo(*size), RestorationOptions(with_scratch=with_scratch, hr=hr, return_stages=True))
+    assert result.image.shape == (*size, 3)
+    assert result.image.dtype == np.float32
+    assert np.isfinite(result.image).all() and result.image.min() >= 0 and result.image.max() <= 1
+    if with_scratch:
+        assert result.scratch_mask.shape == size
+        assert set(result.stages) == {"scratch_mask", "global"}
+    else:
+        assert result.scratch_mask is None
+
+
+def test_scratch_pixels_are_filled_before_encoding(pipeline) -> None:
+    image = _photo(32, 32).astype(np.float32) / 255
+    mask = np.zeros((32, 32), bool)
+    mask[10:12] = True
+    calls = []
+    original = pipeline._global_forward
+
+    def spy(mapping, decoder, x, m):
+        calls.append((x.clone(), None if m is None else m.clone()))
+        return original(mapping, decoder, x, m)
+
+    pipeline._global_forward = spy
+    try:
+        pipeline.restore_global(image, mask)
+    finally:
+        pipeline._global_forward = original
+    x, m = calls[0]
+    assert torch.equal(m[0, 0].bool(), torch.from_numpy(mask))
+    assert torch.all(x[0, :, 10:12] == 1.0)  # holes are white, as the scratch mapping was trained
+    assert torch.allclose(x[0, :, :10], torch.from_numpy(image[:10]).permute(2, 0, 1) * 2 - 1)
+
+
+def test_gray_photo_stays_gray_and_colour_stays_colour(pipeline) -> None:
+    gray = pipeline(_photo(40, 40, gray=True)).image
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    colour = pipeline(_photo(40, 40), RestorationOptions(keep_monochrome=False)).image
+    assert np.abs(colour[..., 0] - colour[..., 2]).max() > 0.01
+
+
+def test_sepia_tone_is_kept() -> None:
+    y = np.linspace(0.05, 0.95, 64, dtype=np.float32)[None, :].repeat(16, 0)
+    sepia = np.stack([y * 1.0, y * 0.85, y * 0.65], axis=-1).clip(0, 1)
+    tone = MonochromeTone.fit(sepia)
+    assert tone is not None and not tone.is_gray
+    noisy = np.clip(sepia + np.random.default_rng(0).normal(0, 0.1, sepia.shape), 0, 1).astype(np.float32)
+    recoloured = tone.apply(noisy)
+    ratio = recoloured[..., 2] / np.maximum(recoloured[..., 0], 1e-3)
+    unclipped = (recoloured[..., 0] > 0.2) & (recoloured.max(axis=-1) < 0.99)
+    assert np.abs(ratio[unclipped] - 0.65).max() < 0.02
+    assert MonochromeTone.fit(_photo(40, 40).astype(np.float32) / 255) is None
+
+
+def test_tiles_are_used_when_memory_is_short(tiny_weights) -> None:
+    whole = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
+    small = RestorationPipeline.from_pretrained(
+        tiny_weights, device="cpu", faces=False, memory_limit=estimate_global_bytes(300, 300, 16, False)
+    )
+    photo = _photo(400, 700)
+    a, b = whole(photo), small(photo)
+    assert a.path == "full"
+    assert b.path.startswith("tiles")
+    assert b.image.shape == a.image.shape
+    # Instance norms see only their tile, so results differ somewhat, but not wildly.
+    assert np.abs(a.image - b.image).mean() < 0.1
+
+
+def test_blended_tiles_reassemble_exactly() -> None:
+    x = torch.rand(1, 3, 70, 45)
+    out = run_tiled(lambda piece, _mask: piece * 2, x, None, tile=32, overlap=8)
+    torch.testing.assert_close(out, x * 2)
+    assert tile_starts(70, 32, 8) == [0, 24, 38]
+
+
+def test_official_preset_rounds_size_and_stretches(pipeline) -> None:
+    result = pipeline(_photo(97, 130), RestorationOptions(preset=Preset.OFFICIAL))
+    assert result.image.shape == (96, 128, 3)
+    assert result.image.min() == 0.0 and result.image.max() == 1.0
+    scratched = pipeline(_photo(101, 75), RestorationOptions(preset=Preset.OFFICIAL, with_scratch=True))
+    assert scratched.image.shape == (96, 80, 3)
+
+
+def test_missing_weights_are_explained(tmp_path, tiny_weights) -> None:
+    with pytest.raises(WeightsNotFoundError, match="latent-restore convert"):
+        RestorationPipeline.from_pretrained(tmp_path)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "vae_a").symlink_to(tiny_weights / "vae_a")
+    pipeline = RestorationPipeline.from_pretrained(partial, faces=False)
+    with pytest.raises(WeightsNotFoundError, match="mapping_quality"):
+        pipeline.check_ready(RestorationOptions())
+
+
+def test_alpha_is_carried(pipeline) -> None:
+    rgba = np.concatenate([_photo(20, 24), np.full((20, 24, 1), 128, np.uint8)], axis=2)
+    result = pipeline(photo_from_array(rgba))
+    assert result.alpha is not None and np.allclose(result.alpha, 128 / 255)
