@@ -37,7 +37,7 @@ LATENT_MULTIPLE = 4
 MIN_NETWORK_SIDE = 16
 DETECTOR_SHORT_SIDE = 256
 TILE_OVERLAP = 64
-MAX_ATTENTION_CELLS = 128 * 128
+MAX_ATTENTION_CELLS = 256 * 256
 """Largest latent (in cells) the non-local block attends over in one piece; beyond it the
 quadratic compute (not memory) makes tiles the better choice."""
 
