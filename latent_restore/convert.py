@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from face_enhance.convert import face_generator_from_official, is_official_face_generator
 from latent_restore.core.checkpoint import CheckpointError, save_component
 from latent_restore.weights import Component
 from stage1_vae.convert import is_official_vae, vae_from_official
@@ -65,13 +66,14 @@ class Family:
         matches: recognises the family from a state dict's keys.
         role: picks the component for a file of this family (may look at its folder name when
             the family's roles share keys and shapes).
-        build: converts the state dict into our network (strict).
+        build: converts the state dict (and its source path, for messages) into our network for
+            the given component (strict).
     """
 
     name: str
     matches: Callable[[StateDict], bool]
     role: Callable[[Path], Component]
-    build: Callable[[StateDict, str], nn.Module]
+    build: Callable[[StateDict, str, Component], nn.Module]
 
 
 def _vae_role(path: Path) -> Component:
@@ -90,24 +92,55 @@ def _fixed(component: Component) -> Callable[[Path], Component]:
     return lambda _path: component
 
 
+def _any_role(
+    build: Callable[[StateDict, str], nn.Module],
+) -> Callable[[StateDict, str, Component], nn.Module]:
+    """For families whose network does not depend on the role."""
+    return lambda state_dict, source, _component: build(state_dict, source)
+
+
+FACE_LOAD_SIZES = {Component.FACE_256: 256, Component.FACE_512: 512}
+
+
+def _face_role(path: Path) -> Component:
+    """``Setting_9_epoch_100`` and ``FaceSR_512`` share keys and shapes; only the size they run at differs.
+
+    That size is not in the file, so the folder name decides: "512" in it means the HR generator.
+    """
+    return Component.FACE_512 if "512" in path.parent.name else Component.FACE_256
+
+
+def _face_build(state_dict: StateDict, source: str, component: Component) -> nn.Module:
+    return face_generator_from_official(state_dict, source, load_size=FACE_LOAD_SIZES[component])
+
+
 FAMILIES: list[Family] = [
-    Family("VAE generator", is_official_vae, _vae_role, vae_from_official),
-    Family("plain mapping", is_official_mapping, _fixed(Component.MAPPING_QUALITY), mapping_from_official),
+    Family("VAE generator", is_official_vae, _vae_role, _any_role(vae_from_official)),
+    Family(
+        "plain mapping",
+        is_official_mapping,
+        _fixed(Component.MAPPING_QUALITY),
+        _any_role(mapping_from_official),
+    ),
     Family(
         "mapping with partial non-local block",
         is_official_nonlocal_mapping,
         _fixed(Component.MAPPING_SCRATCH),
-        nonlocal_mapping_from_official,
+        _any_role(nonlocal_mapping_from_official),
     ),
     Family(
         "mapping with patch attention",
         is_official_patch_attention_mapping,
         _fixed(Component.MAPPING_HR),
-        patch_attention_mapping_from_official,
+        _any_role(patch_attention_mapping_from_official),
     ),
     Family(
-        "scratch detector", is_official_detector, _fixed(Component.SCRATCH_DETECTOR), detector_from_official
+        "scratch detector",
+        is_official_detector,
+        _fixed(Component.SCRATCH_DETECTOR),
+        _any_role(detector_from_official),
     ),
+    Family("SPADE face generator", is_official_face_generator, _face_role, _face_build),
 ]
 
 
@@ -182,7 +215,7 @@ def convert_official(
         if component in converted:
             raise ConversionError(f"{path} and {converted[component][1]} are both a {component.value}")
         try:
-            model = family.build(state_dict, str(path))
+            model = family.build(state_dict, str(path), component)
         except CheckpointError as exc:
             raise ConversionError(str(exc)) from exc
         logger.info("%s: %s -> %s", path.relative_to(root), family.name, component.value)
