@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from latent_restore import official
-from latent_restore.core.checkpoint import CheckpointError, load_component
+from latent_restore.core.checkpoint import load_component
 from latent_restore.core.colour import MonochromeTone, luma
 from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize, to_tensor
 from latent_restore.core.memory import available_memory
@@ -98,8 +98,8 @@ class RestorationResult:
     path: str = "full"
 
 
-FaceEnhancerFn = Callable[[np.ndarray], tuple[np.ndarray, list[tuple[int, int, int, int]]]]
-"""uint8 ``H x W x 3`` -> (uint8 image with enhanced faces, face boxes)."""
+FaceEnhancerFn = Callable[..., tuple[np.ndarray, list[tuple[int, int, int, int]]]]
+"""``fn(uint8 H x W x 3, hr=bool, official_detector=bool)`` -> (uint8 image with enhanced faces, boxes)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -217,7 +217,10 @@ class RestorationPipeline:
             else:
                 logger.warning("bf16 is not supported natively on %s; running in fp32", torch_device)
         store = ComponentStore(weights_dir, torch_device, dtype)
-        enhancer = _face_enhancer_from(store) if faces else None
+        face_stage = FaceStage(store)
+        if faces and not face_stage.available():
+            logger.info("no face components in %s: faces will not be enhanced", weights_dir)
+        enhancer = face_stage if faces and face_stage.available() else None
         return cls(store, enhancer, torch_device, dtype, memory_limit)
 
     def required_components(self, options: RestorationOptions) -> list[Component]:
@@ -372,7 +375,7 @@ class RestorationPipeline:
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
             self._stage("faces")
-            enhanced, boxes = self.face_enhancer(quantize(restored))
+            enhanced, boxes = self.face_enhancer(quantize(restored), hr=options.hr)
             if boxes:
                 restored = enhanced.astype(np.float32) / 255.0
                 if tone is not None:
@@ -410,29 +413,40 @@ class RestorationPipeline:
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
             self._stage("faces")
-            restored, boxes = self.face_enhancer(restored)
+            restored, boxes = self.face_enhancer(restored, hr=options.hr, official_detector=True)
         return RestorationResult(restored.astype(np.float32) / 255.0, None, mask, boxes, stages, "official")
 
 
-def _face_enhancer_from(store: ComponentStore) -> FaceEnhancerFn | None:
-    """A face enhancer over the store's 256 face generator, or None when faces cannot be done."""
-    if not store.available(Component.FACE_256):
-        logger.info("no face_256 component in %s: faces will not be enhanced", store.weights_dir)
-        return None
-    try:
-        from face_enhance.enhancer import FaceEnhancer
-    except ImportError as exc:  # pragma: no cover - the face stage ships with the package
-        logger.warning("face enhancement unavailable: %s", exc)
-        return None
-    try:
-        generator = store.get(Component.FACE_256)
-    except CheckpointError as exc:
-        logger.warning("face enhancement disabled: %s", exc)
-        return None
-    enhancer = FaceEnhancer(generator)
+class FaceStage:
+    """Face enhancement over a component store, built on first use.
 
-    def enhance(image: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-        result = enhancer(image)
+    The 512 generator serves ``--hr`` (as in the released pipeline, which uses ``FaceSR_512``
+    there), the 256 one everything else; the ``official`` preset uses the released detector
+    settings (no upsampling), the default finds smaller faces.
+    """
+
+    def __init__(self, store: ComponentStore) -> None:
+        self.store = store
+        self._enhancers: dict[tuple[Component, bool], object] = {}
+
+    def available(self) -> bool:
+        return self.store.available(Component.FACE_256) or self.store.available(Component.FACE_512)
+
+    def __call__(
+        self, image: np.ndarray, hr: bool = False, official_detector: bool = False
+    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        from face_enhance.detection import OFFICIAL_DETECTOR, DetectorConfig
+        from face_enhance.enhancer import FaceEnhancer, FaceEnhancerConfig
+
+        preferred = (
+            [Component.FACE_512, Component.FACE_256] if hr else [Component.FACE_256, Component.FACE_512]
+        )
+        component = next(c for c in preferred if self.store.available(c))
+        key = (component, official_detector)
+        if key not in self._enhancers:
+            detector = OFFICIAL_DETECTOR if official_detector else DetectorConfig()
+            batch = 1 if component is Component.FACE_512 else 4
+            config = FaceEnhancerConfig(detector=detector, batch_size=batch)
+            self._enhancers[key] = FaceEnhancer(self.store.get(component), config)
+        result = self._enhancers[key](image)
         return result.image, [tuple(int(v) for v in box) for box in result.boxes]
-
-    return enhance

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-# Importing the stage packages registers their architectures, so any component directory loads.
+# Importing the networks registers their architectures, so any component directory loads.
+import face_enhance.generator  # noqa: F401
 import stage1_vae  # noqa: F401
 import stage2_mapping  # noqa: F401
 

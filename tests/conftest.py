@@ -102,7 +102,8 @@ def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Iter
 
 
 def write_tiny_weights(directory: Path, seed: int = 0) -> Path:
-    """A weights directory with every global component at a tiny size and random weights."""
+    """A weights directory with every component at a tiny size and random weights."""
+    from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
     from latent_restore.core.checkpoint import save_component
     from latent_restore.weights import Component
     from stage1_vae import VAE, VAEConfig
@@ -134,6 +135,9 @@ def write_tiny_weights(directory: Path, seed: int = 0) -> Path:
             )
         ),
         Component.SCRATCH_DETECTOR: ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)),
+        Component.FACE_256: FaceGenerator(
+            FaceGeneratorConfig(load_size=64, base_channels=4, spade_hidden_channels=4, num_upsamples=3)
+        ),
     }
     for component, model in components.items():
         save_component(model, directory / component.value)

@@ -133,3 +133,30 @@ def test_alpha_is_carried(pipeline) -> None:
     rgba = np.concatenate([_photo(20, 24), np.full((20, 24, 1), 128, np.uint8)], axis=2)
     result = pipeline(photo_from_array(rgba))
     assert result.alpha is not None and np.allclose(result.alpha, 128 / 255)
+
+
+def test_faces_are_found_and_enhanced(tiny_weights) -> None:
+    from conftest import DATA
+
+    from latent_restore.core.imaging import read_photo
+
+    pipeline = RestorationPipeline.from_pretrained(tiny_weights, device="cpu")
+    # Random tiny global networks would scramble the face; keep the photo as it is instead.
+    pipeline.restore_global = lambda rgb, mask, hr=False: (rgb, "identity")
+    photo = read_photo(sorted((DATA / "faces" / "gfpgan_cropped").iterdir())[0])
+    with_faces = pipeline(photo, RestorationOptions(return_stages=True))
+    assert len(with_faces.face_boxes) == 1
+    left, top, right, bottom = with_faces.face_boxes[0]
+    assert not np.array_equal(with_faces.stages["faces"], with_faces.stages["global"])
+    without = pipeline(photo, RestorationOptions(faces=False))
+    assert not without.face_boxes
+    changed = np.abs(with_faces.image - without.image).max(axis=2) > 0
+    assert changed[top:bottom, left:right].mean() > 0.5
+
+
+def test_core_import_does_not_load_the_pipeline() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, latent_restore.core.checkpoint; sys.exit('latent_restore.pipeline' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
