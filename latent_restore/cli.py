@@ -117,6 +117,67 @@ def _degrade(args: argparse.Namespace) -> int:
     return 1 if summary.skipped else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from latent_restore.pipeline import Precision, RestorationPipeline, WeightsNotFoundError
+    from latent_restore.web.app import serve
+    from latent_restore.weights import default_weights_dir
+
+    weights = args.weights or default_weights_dir()
+    if weights is None:
+        logger.error(
+            "no weights: this installation has no built-in weights. Convert the authors' released "
+            "checkpoints with `latent-restore convert --official DIR --out WEIGHTS`, "
+            "then pass --weights WEIGHTS."
+        )
+        return 2
+    try:
+        pipeline = RestorationPipeline.from_pretrained(
+            weights, device=args.device, precision=Precision(args.precision), faces=not args.no_faces
+        )
+        serve(
+            pipeline,
+            host=args.host,
+            port=args.port,
+            max_upload_mb=args.max_upload_mb,
+            queue_size=args.queue_size,
+            ttl_seconds=args.ttl_minutes * 60,
+        )
+    except (WeightsNotFoundError, OSError, RuntimeError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from latent_restore.evaluation import EvalProtocol, evaluate
+    from latent_restore.pipeline import RestorationPipeline, WeightsNotFoundError
+    from latent_restore.weights import default_weights_dir
+
+    weights = args.weights or default_weights_dir()
+    if weights is None:
+        logger.error("no weights: pass --weights DIR (this installation has no built-in weights)")
+        return 2
+    protocol = EvalProtocol(
+        args.clean, size=args.size, seed=args.seed, with_scratch=args.with_scratch, held_out_only=not args.all
+    )
+    try:
+        pipeline = RestorationPipeline.from_pretrained(weights, device=args.device, faces=False)
+        results = evaluate(
+            pipeline,
+            protocol,
+            args.out,
+            show_progress=not args.quiet,
+            inception_weights=args.inception_weights,
+        )
+    except (WeightsNotFoundError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2
+    for name, scores in results["methods"].items():
+        extra = f"  mask F1 {scores['mask_f1']:.3f}" if "mask_f1" in scores else ""
+        print(f"{name:16} PSNR {scores['psnr']:6.2f} dB  SSIM {scores['ssim']:.4f}{extra}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latent-restore", description="Bring old photos back to life.")
     common = argparse.ArgumentParser(add_help=False)
@@ -165,6 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
+    evaluation = commands.add_parser(
+        "eval",
+        parents=[common],
+        help="score restoration on synthetically degraded clean photos against classical baselines",
+        description="Degrade every clean photo (held-out split unless --all) with a fixed seed, restore "
+        "it and report PSNR/SSIM (and scratch-mask F1) next to the degraded input and OpenCV baselines.",
+    )
+    evaluation.add_argument("--clean", required=True, help="folder of clean photos")
+    evaluation.add_argument("--out", required=True, help="folder for results.json, results.md and grid.png")
+    evaluation.add_argument("--size", type=int, default=256, help="centre-crop side (default 256)")
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--with-scratch", action="store_true", help="add scratches, cracks, dust")
+    evaluation.add_argument("--all", action="store_true", help="use every photo, not only the held-out split")
+    evaluation.add_argument("--weights", help="weights directory (default: the built-in weights)")
+    evaluation.add_argument("--device", default="auto")
+    evaluation.add_argument("--inception-weights", help="torchvision Inception-v3 state dict, to report FID")
+    evaluation.set_defaults(handler=_eval)
+
     degrade = commands.add_parser(
         "degrade",
         parents=[common],
@@ -185,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--texture-dir", help="folder of paper textures to overlay")
     degrade.add_argument("--config", help="YAML file with DegradationConfig fields")
     degrade.set_defaults(handler=_degrade)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="restore photos from a local web page",
+        description="Serve a web page (and its JSON API) to upload photos, watch them being restored, "
+        "compare before and after, and download the results. Binds to loopback by default; photos "
+        "and results stay in a private temporary folder and are deleted after --ttl-minutes and on exit.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7860, help="TCP port; 0 picks a free one (default: 7860)")
+    serve.add_argument("--weights", help="weights directory (default: the built-in weights)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    serve.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    serve.add_argument("--no-faces", action="store_true", help="do not load the face model")
+    serve.add_argument("--max-upload-mb", type=float, default=50, help="largest upload (default: 50)")
+    serve.add_argument("--queue-size", type=int, default=32, help="most photos waiting at once (default: 32)")
+    serve.add_argument(
+        "--ttl-minutes", type=float, default=60, help="how long results are kept (default: 60)"
+    )
+    serve.set_defaults(handler=_serve)
     return parser
 
 
