@@ -1,0 +1,56 @@
+"""Command-line arguments shared by the ``train_*.py`` entry points (argparse stays in scripts/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from latent_restore.core.config import ConfigError
+from latent_restore.core.training import launch, setup_logging
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """``--config``, repeated ``--set``, ``--out``, ``--resume``, ``--vgg-weights``, ``--quiet``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", help="YAML file with the settings of this run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", required=True, help="run folder (config, logs, checkpoints, weights)")
+    p.add_argument("--resume", help="'auto' (RUN_DIR/checkpoints/last.pt if present) or a checkpoint file")
+    p.add_argument("--vgg-weights", help="torchvision vgg19 state dict for the perceptual loss")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    return p
+
+
+def assign(key: str, value: str) -> str:
+    """An override that keeps ``value`` a string whatever it looks like (JSON strings are YAML)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def run(
+    p: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    config_cls: type,
+    build_task: Callable[[Any, Any], Any],
+    extra: list[str],
+) -> int:
+    """Train with ``--set`` overrides followed by the script's own shorthand ``extra`` overrides."""
+    setup_logging(Path(args.out), args.quiet)
+    overrides = [*args.set, *extra]
+    if args.vgg_weights:
+        overrides.append(assign("loss.vgg_weights", args.vgg_weights))
+    try:
+        launch(
+            config_cls,
+            build_task,
+            config_path=args.config,
+            overrides=overrides,
+            out=args.out,
+            resume=args.resume,
+            quiet=args.quiet,
+        )
+    except ConfigError as exc:
+        p.error(str(exc))
+    return 0

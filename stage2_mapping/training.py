@@ -1,0 +1,349 @@
+"""Training tasks of stage 2: the latent mapping (Wan et al. 2020 §3.2; spec §8.3) and the scratch detector.
+
+Mapping: VAE A's encoder (frozen) turns a synthetically degraded photo into a latent, the mapping
+network translates it, VAE B's decoder (frozen) renders it. The mapping learns from the latent L1
+to VAE B's code of the clean photo (x60), a conditional image GAN (the discriminator sees the
+degraded input beside the output), feature matching (x10) and, with weights, VGG (x10). The scratch
+variants train on photos with synthetic defects and their masks.
+
+Scratch detector: a U-Net trained on grayscale photos with synthetic structured defects and their
+exact masks (TPAMI 2022 §3.4), with weighted / focal binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from latent_restore.core.checkpoint import load_component
+from latent_restore.core.config import ConfigError, config_from_dict
+from latent_restore.core.degradations import DegradationConfig
+from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
+from latent_restore.core.losses import build_vgg_loss, discriminator_loss, feature_matching_loss, lsgan_loss
+from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
+from stage1_vae.vae import VAE
+from stage2_mapping.data import MappingPairDataset, ScratchDetectionDataset
+from stage2_mapping.losses import latent_l1_loss, mask_iou, scratch_detection_loss
+from stage2_mapping.mapping import (
+    MappingConfig,
+    MappingNetwork,
+    NonLocalMappingConfig,
+    NonLocalMappingNetwork,
+    PatchAttentionMappingConfig,
+    PatchAttentionMappingNetwork,
+)
+from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig
+
+
+class MappingVariant(str, enum.Enum):
+    """Which mapping network: plain (quality mode), partial non-local (scratch) or patch attention (HR)."""
+
+    PLAIN = "plain"
+    NONLOCAL = "nonlocal"
+    PATCH_ATTENTION = "patch_attention"
+
+
+VARIANTS: dict[MappingVariant, tuple[type, type[nn.Module], str]] = {
+    MappingVariant.PLAIN: (MappingConfig, MappingNetwork, "mapping_quality"),
+    MappingVariant.NONLOCAL: (NonLocalMappingConfig, NonLocalMappingNetwork, "mapping_scratch"),
+    MappingVariant.PATCH_ATTENTION: (PatchAttentionMappingConfig, PatchAttentionMappingNetwork, "mapping_hr"),
+}
+"""Per variant: its config class, its network and the weights component it becomes (a
+``latent_restore.weights.Component`` value; stage packages import only the core)."""
+
+SCRATCH_DETECTOR_COMPONENT = "scratch_detector"
+
+
+@dataclasses.dataclass
+class MappingDataConfig:
+    """Paired training data of the mapping.
+
+    Attributes:
+        clean_dirs: clean photo folders; degraded inputs are synthesised on the fly.
+        crop_size: square crop side (multiple of the VAEs' ``2**num_downsamples``).
+        length: samples per (virtual) epoch; ``None``: the number of files.
+        with_scratches: add structured defects and their masks; ``None``: on for the scratch and
+            HR variants, off for the plain one.
+        no_defect_prob: with scratches, probability of a defect-free sample (released: 1/2).
+        grayscale_prob: probability of a grayscale pair.
+        cache: keep decoded images in memory.
+        degradation: degradation ranges.
+    """
+
+    clean_dirs: list[str] = dataclasses.field(default_factory=list)
+    crop_size: int = 256
+    length: int | None = None
+    with_scratches: bool | None = None
+    no_defect_prob: float = 0.5
+    grayscale_prob: float = 0.1
+    cache: bool = False
+    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
+
+
+@dataclasses.dataclass
+class MappingLossConfig:
+    """Loss weights and optimiser variant of the mapping (released values; spec §8.3).
+
+    Attributes:
+        latent_weight: latent L1 (``l2_feat`` with ``--use_l1_feat``).
+        gan_weight: conditional image LSGAN term.
+        feat_weight: discriminator feature matching (``lambda_feat``).
+        vgg_weight: VGG19 perceptual loss (``lambda_feat``); needs ``vgg_weights``.
+        vgg_weights: torchvision ``vgg19`` state dict file; ``None`` skips the perceptual loss.
+        l1_weight: plain image L1 to the clean photo (released ``--Smooth_L1``; off by default).
+        ttur: two time-scale update rule: betas (0, 0.9), mapping lr / 2, discriminator lr * 2
+            (the quality command; the scratch commands pass ``--no_TTUR``).
+    """
+
+    latent_weight: float = 60.0
+    gan_weight: float = 1.0
+    feat_weight: float = 10.0
+    vgg_weight: float = 10.0
+    vgg_weights: str | None = None
+    l1_weight: float = 0.0
+    ttur: bool = True
+
+
+@dataclasses.dataclass
+class MappingTrainingConfig:
+    """Everything ``scripts/train_mapping.py`` reads.
+
+    Attributes:
+        variant: which mapping network.
+        vae_a: component directory of the trained VAE A (its encoder is used, frozen).
+        vae_b: component directory of the trained VAE B (encoder for targets, decoder for images).
+        component: weights component to write; ``None``: by variant (mapping_quality / _scratch / _hr).
+        model: keys of the variant's config class (:class:`MappingConfig`,
+            :class:`NonLocalMappingConfig` or :class:`PatchAttentionMappingConfig`).
+        discriminator: conditional image discriminator (spectral norm for the scratch models).
+    """
+
+    variant: MappingVariant = MappingVariant.PLAIN
+    vae_a: str = ""
+    vae_b: str = ""
+    component: str | None = None
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
+    loss: MappingLossConfig = dataclasses.field(default_factory=MappingLossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: MappingDataConfig = dataclasses.field(default_factory=MappingDataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def build_mapping(variant: MappingVariant, model: Mapping[str, Any]) -> nn.Module:
+    """The variant's network from the ``model`` keys (unknown keys raise :class:`ConfigError`)."""
+    config_cls, network_cls, _ = VARIANTS[variant]
+    return network_cls(config_from_dict(config_cls, dict(model), where="model"))
+
+
+class MappingTask(TrainTask):
+    """Mapping network + conditional multi-scale discriminator between two frozen VAEs."""
+
+    ema_models = ("mapping",)
+
+    def __init__(self, config: MappingTrainingConfig, device: torch.device) -> None:
+        if not config.vae_a or not config.vae_b:
+            raise ConfigError("vae_a and vae_b must name trained VAE component directories (--vae-a/--vae-b)")
+        self.config = config
+        self.vae_a = load_component(config.vae_a, expected=VAE, map_location=device).requires_grad_(False)
+        self.vae_b = load_component(config.vae_b, expected=VAE, map_location=device).requires_grad_(False)
+        mapping = build_mapping(config.variant, config.model)
+        channels = mapping.config.latent_channels
+        for name, vae in (("vae_a", self.vae_a), ("vae_b", self.vae_b)):
+            if vae.config.latent_channels != channels:
+                raise ConfigError(
+                    f"{name} has {vae.config.latent_channels} latent channels, the mapping {channels}"
+                )
+        multiple = max(self.vae_a.config.multiple, self.vae_b.config.multiple)
+        if config.data.crop_size % multiple:
+            raise ConfigError(f"data.crop_size must be a multiple of {multiple}")
+        image_channels = self.vae_a.config.in_channels
+        self.models = {
+            "mapping": mapping.to(device),
+            "discriminator": MultiScaleDiscriminator.from_config(2 * image_channels, config.discriminator).to(
+                device
+            ),
+        }
+        optim = config.optim
+        if config.loss.ttur:
+            self.optimizers = {
+                "mapping": adam(mapping.parameters(), optim, lr_scale=0.5, betas=(0.0, 0.9)),
+                "discriminator": adam(
+                    self.models["discriminator"].parameters(), optim, lr_scale=2.0, betas=(0.0, 0.9)
+                ),
+            }
+        else:
+            self.optimizers = {name: adam(m.parameters(), optim) for name, m in self.models.items()}
+        self.vgg = build_vgg_loss(config.loss.vgg_weights, config.loss.vgg_weight)
+        if self.vgg is not None:
+            self.vgg.to(device)
+
+    @property
+    def with_scratches(self) -> bool:
+        if self.config.data.with_scratches is not None:
+            return self.config.data.with_scratches
+        return self.config.variant is not MappingVariant.PLAIN
+
+    def dataset(self) -> Dataset:
+        data = self.config.data
+        return MappingPairDataset(
+            data.clean_dirs,
+            data.crop_size,
+            data.degradation,
+            self.config.train.seed,
+            data.length,
+            with_scratches=self.with_scratches,
+            no_defect_prob=data.no_defect_prob,
+            grayscale_prob=data.grayscale_prob,
+            cache=data.cache,
+        )
+
+    def _map(self, mapping: nn.Module, degraded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """VAE A latent of the degraded photo (no gradient: the encoder is frozen), then the mapping."""
+        with torch.no_grad():
+            latent = self.vae_a.encode(degraded)
+        return mapping(latent, mask)
+
+    def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
+        degraded, clean, mask = batch["degraded"], batch["clean"], batch["mask"]
+        n = degraded.shape[0]
+        with torch.no_grad():
+            target = self.vae_b.encode(clean)
+        mapped = self._map(ctx.models["mapping"], degraded, mask)
+        fake = self.vae_b.decode(mapped)
+
+        pairs = torch.cat([torch.cat([degraded, clean], 1), torch.cat([degraded, fake.detach()], 1)])
+        real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
+        loss_d = discriminator_loss(real_out, fake_out)
+        ctx.backward(loss_d)
+
+        latent_l1 = latent_l1_loss(mapped, target)
+        discriminator = self.models["discriminator"]
+        with frozen(discriminator):
+            fake_features = discriminator(torch.cat([degraded, fake], 1))
+            terms = {
+                "g/latent_l1": latent_l1 * loss.latent_weight,
+                "g/gan": lsgan_loss(fake_features, True) * loss.gan_weight,
+                "g/feat": feature_matching_loss(
+                    fake_features, real_out, loss.feat_weight, self.config.discriminator.num_layers
+                ),
+            }
+        l1 = (fake.float() - clean.float()).abs().mean()
+        if loss.l1_weight:
+            terms["g/l1"] = l1 * loss.l1_weight
+        if self.vgg is not None:
+            terms["g/vgg"] = self.vgg(fake, clean) * loss.vgg_weight
+        loss_g = torch.stack(list(terms.values())).sum()
+        ctx.backward(loss_g)
+        return {
+            "d/image": loss_d,
+            **terms,
+            "g/total": loss_g,
+            "metric/latent_l1": latent_l1,
+            "metric/image_l1": l1,
+        }
+
+    def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        degraded, clean, mask = batch["degraded"][:4], batch["clean"][:4], batch["mask"][:4]
+        restored = self.vae_b.decode(self._map(self.models["mapping"], degraded, mask))
+        return {"degraded": degraded, "restored": restored, "clean": clean}
+
+    def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+        component = self.config.component or VARIANTS[self.config.variant][2]
+        return {component: models["mapping"]}
+
+
+def build_mapping_task(config: MappingTrainingConfig, device: torch.device) -> MappingTask:
+    return MappingTask(config, device)
+
+
+@dataclasses.dataclass
+class ScratchDataConfig:
+    """Synthetic scratch-detection data (grayscale crops with structured defects and exact masks).
+
+    Attributes:
+        clean_dirs: clean photo folders.
+        crop_size: square crop side (multiple of the U-Net's ``2**depth``).
+        length: samples per (virtual) epoch; ``None``: the number of files.
+        no_defect_prob: probability of a negative sample without defects.
+        cache: keep decoded images in memory.
+        degradation: degradation ranges (defects always on).
+    """
+
+    clean_dirs: list[str] = dataclasses.field(default_factory=list)
+    crop_size: int = 256
+    length: int | None = None
+    no_defect_prob: float = 0.1
+    cache: bool = False
+    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
+
+
+@dataclasses.dataclass
+class ScratchLossConfig:
+    """Attributes: pos_weight: weight of scratch pixels; focal_gamma: focusing exponent (0: weighted BCE)."""
+
+    pos_weight: float = 1.0
+    focal_gamma: float = 2.0
+
+
+@dataclasses.dataclass
+class ScratchTrainingConfig:
+    """Everything ``scripts/train_scratch.py`` reads."""
+
+    model: ScratchDetectorConfig = dataclasses.field(default_factory=ScratchDetectorConfig)
+    loss: ScratchLossConfig = dataclasses.field(default_factory=ScratchLossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, beta1=0.9))
+    data: ScratchDataConfig = dataclasses.field(default_factory=ScratchDataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+class ScratchTask(TrainTask):
+    """The scratch-detection U-Net on synthetic defect masks."""
+
+    ema_models = ("detector",)
+
+    def __init__(self, config: ScratchTrainingConfig, device: torch.device) -> None:
+        if config.data.crop_size % config.model.multiple:
+            raise ConfigError(f"data.crop_size must be a multiple of {config.model.multiple}")
+        self.config = config
+        self.models = {"detector": ScratchDetector(config.model).to(device)}
+        self.optimizers = {"detector": adam(self.models["detector"].parameters(), config.optim)}
+
+    def dataset(self) -> Dataset:
+        data = self.config.data
+        return ScratchDetectionDataset(
+            data.clean_dirs,
+            data.crop_size,
+            self.config.train.seed,
+            data.length,
+            data.degradation,
+            no_defect_prob=data.no_defect_prob,
+            cache=data.cache,
+        )
+
+    def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        logits = ctx.models["detector"](batch["image"])
+        loss = scratch_detection_loss(
+            logits, batch["mask"], self.config.loss.pos_weight, self.config.loss.focal_gamma
+        )
+        ctx.backward(loss)
+        return {"loss/detection": loss, "metric/iou": mask_iou(logits.detach(), batch["mask"])}
+
+    def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        image, mask = batch["image"][:4], batch["mask"][:4]
+        predicted = torch.sigmoid(self.models["detector"](image)) * 2 - 1
+        return {"image": image, "predicted": predicted, "mask": mask * 2 - 1}
+
+    def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+        return {SCRATCH_DETECTOR_COMPONENT: models["detector"]}
+
+
+def build_scratch_task(config: ScratchTrainingConfig, device: torch.device) -> ScratchTask:
+    return ScratchTask(config, device)
