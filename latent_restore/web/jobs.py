@@ -1,0 +1,394 @@
+"""The web page's job queue: one pipeline, one worker thread, a bounded queue, results that expire.
+
+The networks are large and not thread-safe to load lazily, so every photo goes through a single
+worker thread in arrival order: there is never more than one model load or pipeline call at a
+time, however many browser tabs upload at once. Request threads only validate uploads (by
+decoding them — an extension proves nothing) and read job states.
+
+Files live in a private temporary folder (mode 0700) under random names; nothing a client sends
+ever becomes part of a path. Finished jobs expire after a time to live, taking their files with
+them, and the whole folder is removed when the manager closes or the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from PIL import Image
+
+from latent_restore.core.imaging import ImageReadError, encode_png, read_photo
+from latent_restore.pipeline import RestorationOptions, RestorationResult
+
+logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 30.0
+"""How often the idle worker looks for expired jobs (lookups also sweep, so expiry is exact)."""
+
+
+class Pipeline(Protocol):
+    """What the queue needs of :class:`~latent_restore.pipeline.RestorationPipeline` (tests may wrap one)."""
+
+    stage_callback: Callable[[str], None] | None
+    face_enhancer: object | None
+
+    def check_ready(self, options: RestorationOptions) -> None: ...
+
+    def __call__(self, photo, options: RestorationOptions | None = None) -> RestorationResult: ...
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is; the API reports the value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class QueueFullError(RuntimeError):
+    """The queue holds as many waiting photos as it may; the client should retry later."""
+
+
+class UploadTooLargeError(ValueError):
+    """The upload exceeds the byte or pixel limit."""
+
+
+class ManagerClosedError(RuntimeError):
+    """The server is shutting down."""
+
+
+@dataclass
+class Job:
+    """One photo's way through the queue. Mutated only under the manager's lock.
+
+    Attributes:
+        id: unguessable identifier; knowing it is what grants access to the job.
+        options: how to restore the photo.
+        client_name: the file name the browser sent, used only (sanitised) for download names.
+        width, height: the photo's upright size in pixels.
+        upload: the uploaded bytes, under a random name; removed once the photo is decoded by the worker.
+        original, result: PNGs of the photo before and after, once written.
+    """
+
+    id: str
+    options: RestorationOptions
+    client_name: str
+    width: int
+    height: int
+    upload: Path
+    created: float
+    status: JobStatus = JobStatus.QUEUED
+    progress: float = 0.0
+    stage: str | None = None
+    error: str | None = None
+    original: Path | None = None
+    result: Path | None = None
+    finished: float | None = None
+    stages: list[str] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.upload, self.original, self.result) if p is not None]
+
+
+def _progress_stages(options: RestorationOptions, has_faces: bool) -> list[str]:
+    """Stage names the pipeline will report for ``options``, then our own encoding step."""
+    stages = ["scratch detection"] if options.with_scratch else []
+    stages.append("global restoration")
+    if options.faces and has_faces:
+        stages.append("faces")
+    return [*stages, "saving"]
+
+
+class JobManager:
+    """Queue of restoration jobs served by one worker thread.
+
+    Args:
+        pipeline: the one pipeline instance; only the worker thread calls it.
+        queue_size: most photos waiting (not counting the one being restored); more answer
+            :class:`QueueFullError`.
+        ttl: seconds a finished job (and its files) is kept.
+        max_upload_bytes: largest accepted upload.
+        max_pixels: largest accepted photo, read from the file header before decoding it.
+        temp_root: where the private work folder is made (default: the system's temporary folder).
+        clock: monotonic time source (tests inject one to expire jobs without waiting).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        queue_size: int = 32,
+        ttl: float = 3600.0,
+        max_upload_bytes: int = 50 << 20,
+        max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485,
+        temp_root: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        self.pipeline = pipeline
+        self.queue_size = queue_size
+        self.ttl = ttl
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.clock = clock
+        self.work_dir = Path(tempfile.mkdtemp(prefix="latent-restore-web-", dir=temp_root))
+        self._remove_work_dir = weakref.finalize(self, shutil.rmtree, self.work_dir, ignore_errors=True)
+        self._jobs: dict[str, Job] = {}
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        # Decoding a large photo takes hundreds of MB; bound how many request threads do it at once.
+        self._decode_slots = threading.BoundedSemaphore(2)
+        self._worker = threading.Thread(target=self._work, name="latent-restore-worker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def submit(self, data: BinaryIO, client_name: str | None, options: RestorationOptions) -> Job:
+        """Validate an upload and queue it.
+
+        Args:
+            data: the uploaded file, read to its end.
+            client_name: the name the client gave the file (never used as a path).
+            options: how to restore it.
+
+        Returns:
+            A snapshot of the queued job.
+
+        Raises:
+            QueueFullError: no room in the queue (checked before and after reading the upload).
+            UploadTooLargeError: more bytes or pixels than allowed.
+            ImageReadError: the file is not a decodable photo; the message says why.
+            WeightsNotFoundError: the weights lack what ``options`` needs.
+            ManagerClosedError: shutting down.
+        """
+        self.pipeline.check_ready(options)
+        with self._cond:
+            self._check_room()
+        upload = self._new_path(".upload")
+        try:
+            with open(upload, "wb") as handle:
+                size = _copy_limited(data, handle, self.max_upload_bytes)
+            if size is None:
+                raise UploadTooLargeError(f"the upload is larger than {megabytes(self.max_upload_bytes)}")
+            width, height = self._validate(upload)
+            with self._cond:
+                self._check_room()
+                job = Job(
+                    id=secrets.token_urlsafe(16),
+                    options=options,
+                    client_name=(client_name or "")[:255],
+                    width=width,
+                    height=height,
+                    upload=upload,
+                    created=self.clock(),
+                    stages=_progress_stages(options, self.pipeline.face_enhancer is not None),
+                )
+                self._jobs[job.id] = job
+                self._pending.append(job)
+                self._cond.notify_all()
+                logger.info(
+                    "job %s…: queued %dx%d (%d waiting)", job.id[:6], width, height, len(self._pending)
+                )
+                return _snapshot(job)
+        except BaseException:
+            upload.unlink(missing_ok=True)
+            raise
+
+    def _check_room(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("the server is shutting down")
+        if len(self._pending) >= self.queue_size:
+            raise QueueFullError(
+                f"the queue is full ({self.queue_size} photos waiting); try again when some are done"
+            )
+
+    def _validate(self, path: Path) -> tuple[int, int]:
+        """Decode the whole file, as the worker will: the only proof that it is a photo we can restore."""
+        try:
+            with Image.open(path) as header:
+                pixels = header.size[0] * header.size[1]
+        except Exception:  # read_photo below gives the reason in its own words
+            pixels = 0
+        if pixels > self.max_pixels:
+            raise UploadTooLargeError(
+                f"the photo has {pixels / 1e6:.0f} megapixels; "
+                f"at most {self.max_pixels / 1e6:.0f} are accepted"
+            )
+        with self._decode_slots:
+            photo = read_photo(path)
+        height, width = photo.size
+        return width, height
+
+    def get(self, job_id: str) -> Job | None:
+        """A snapshot of the job, or None when it is unknown or expired."""
+        with self._cond:
+            self._sweep()
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            return _snapshot(job)
+
+    def position(self, job_id: str) -> int | None:
+        """1 for the next photo to be restored, None when the job is not waiting."""
+        with self._cond:
+            for index, job in enumerate(self._pending):
+                if job.id == job_id:
+                    return index + 1
+        return None
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a waiting or finished job and remove its files.
+
+        Returns:
+            False when the job is unknown.
+
+        Raises:
+            RuntimeError: the job is being restored right now.
+        """
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            if job.status is JobStatus.RUNNING:
+                raise RuntimeError("the photo is being restored; delete it when it is done")
+            if job.status is JobStatus.QUEUED:
+                self._pending.remove(job)
+            self._forget(job)
+            return True
+
+    def sweep(self) -> int:
+        """Remove finished jobs older than the time to live; returns how many."""
+        with self._cond:
+            return self._sweep()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker, drop waiting jobs and remove every temporary file.
+
+        A photo being restored cannot be interrupted; after ``timeout`` seconds the files are
+        removed anyway and that job's late writes fail harmlessly.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._pending.clear()
+            self._cond.notify_all()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+        with self._cond:
+            self._jobs.clear()
+        self._remove_work_dir()
+        logger.info("removed the web page's temporary files in %s", self.work_dir)
+
+    def __enter__(self) -> JobManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _new_path(self, suffix: str) -> Path:
+        return self.work_dir / f"{secrets.token_hex(16)}{suffix}"
+
+    def _forget(self, job: Job) -> None:
+        """Drop ``job`` and its files (lock held)."""
+        self._jobs.pop(job.id, None)
+        for path in job.files():
+            path.unlink(missing_ok=True)
+
+    def _sweep(self) -> int:
+        """Expire finished jobs (lock held)."""
+        now = self.clock()
+        expired = [j for j in self._jobs.values() if j.finished is not None and now - j.finished >= self.ttl]
+        for job in expired:
+            self._forget(job)
+        if expired:
+            logger.info("expired %d finished job(s)", len(expired))
+        return len(expired)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._pending:
+                    self._cond.wait(timeout=min(SWEEP_INTERVAL_S, max(self.ttl, 0.1)))
+                    self._sweep()
+                if self._closed:
+                    return
+                job = self._pending.popleft()
+                job.status = JobStatus.RUNNING
+            self._run(job)
+
+    def _set_stage(self, job: Job, stage: str) -> None:
+        with self._cond:
+            job.stage = stage
+            if stage in job.stages:
+                job.progress = 0.05 + 0.9 * job.stages.index(stage) / len(job.stages)
+
+    def _run(self, job: Job) -> None:
+        """Restore one photo on the worker thread; any failure is the job's, never the worker's."""
+        start = time.perf_counter()
+        self.pipeline.stage_callback = lambda stage: self._set_stage(job, stage)
+        try:
+            self._set_stage(job, "reading")
+            photo = read_photo(job.upload)
+            original = self._new_path(".png")
+            original.write_bytes(encode_png(photo.rgb, photo.alpha, photo.gray_file, photo.icc_profile))
+            with self._cond:
+                job.original = original
+            result = self.pipeline(photo, job.options)
+            self._set_stage(job, "saving")
+            data = encode_png(result.image, result.alpha, photo.gray_file, photo.icc_profile, photo.exif)
+            path = self._new_path(".png")
+            path.write_bytes(data)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+            logger.error("job %s…: failed: %s", job.id[:6], reason)
+            with self._cond:
+                job.status, job.error = JobStatus.FAILED, reason
+        else:
+            with self._cond:
+                job.result, job.status, job.progress = path, JobStatus.DONE, 1.0
+            logger.info("job %s…: done in %.1f s (%s)", job.id[:6], time.perf_counter() - start, result.path)
+        finally:
+            self.pipeline.stage_callback = None
+            with self._cond:
+                job.upload.unlink(missing_ok=True)
+                job.finished = self.clock()
+                if self._closed or job.id not in self._jobs:
+                    for path in job.files():
+                        path.unlink(missing_ok=True)
+
+
+def _snapshot(job: Job) -> Job:
+    """A copy that request threads may read without the lock."""
+    return Job(**{name: getattr(job, name) for name in job.__dataclass_fields__})
+
+
+def _copy_limited(source: BinaryIO, target: BinaryIO, limit: int, chunk: int = 1 << 20) -> int | None:
+    """Copy at most ``limit`` bytes; None when the source has more."""
+    total = 0
+    while block := source.read(chunk):
+        total += len(block)
+        if total > limit:
+            return None
+        target.write(block)
+    return total
+
+
+def megabytes(count: int) -> str:
+    """``52428800`` -> ``50 MB`` (two decimals at most, as the limit was given)."""
+    return f"{round(count / 2**20, 2):g} MB"
