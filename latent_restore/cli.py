@@ -24,6 +24,20 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_dir(args: argparse.Namespace) -> str | None:
+    """``--weights``, else the built-in weights; None (after saying how to get weights) if neither."""
+    from latent_restore.weights import default_weights_dir
+
+    weights = args.weights or default_weights_dir()
+    if weights is None:
+        logger.error(
+            "no weights: this installation has no built-in weights. Convert the authors' released "
+            "checkpoints with `latent-restore convert --official DIR --out WEIGHTS`, "
+            "then pass --weights WEIGHTS."
+        )
+    return weights
+
+
 def _shard(text: str | None) -> tuple[int, int]:
     """``K/N`` from the command line, else the torchrun rank and world size, else ``0/1``."""
     if text is None:
@@ -44,15 +58,9 @@ def _run(args: argparse.Namespace) -> int:
         RestorationPipeline,
         WeightsNotFoundError,
     )
-    from latent_restore.weights import default_weights_dir
 
-    weights = args.weights or default_weights_dir()
+    weights = _weights_dir(args)
     if weights is None:
-        logger.error(
-            "no weights: this installation has no built-in weights. Convert the authors' released "
-            "checkpoints with `latent-restore convert --official DIR --out WEIGHTS`, "
-            "then pass --weights WEIGHTS."
-        )
         return 2
     try:
         shard_index, shard_count = _shard(args.shard)
@@ -120,15 +128,9 @@ def _degrade(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from latent_restore.pipeline import Precision, RestorationPipeline, WeightsNotFoundError
     from latent_restore.web.app import serve
-    from latent_restore.weights import default_weights_dir
 
-    weights = args.weights or default_weights_dir()
+    weights = _weights_dir(args)
     if weights is None:
-        logger.error(
-            "no weights: this installation has no built-in weights. Convert the authors' released "
-            "checkpoints with `latent-restore convert --official DIR --out WEIGHTS`, "
-            "then pass --weights WEIGHTS."
-        )
         return 2
     try:
         pipeline = RestorationPipeline.from_pretrained(
@@ -151,11 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from latent_restore.evaluation import EvalProtocol, evaluate
     from latent_restore.pipeline import RestorationPipeline, WeightsNotFoundError
-    from latent_restore.weights import default_weights_dir
 
-    weights = args.weights or default_weights_dir()
+    weights = _weights_dir(args)
     if weights is None:
-        logger.error("no weights: pass --weights DIR (this installation has no built-in weights)")
         return 2
     protocol = EvalProtocol(
         args.clean, size=args.size, seed=args.seed, with_scratch=args.with_scratch, held_out_only=not args.all
