@@ -52,10 +52,12 @@ def run_case(side: int, naive: bool, out: Path) -> dict:
     from stage2_mapping import NonLocalMappingConfig, NonLocalMappingNetwork
 
     torch.manual_seed(0)
-    vae_a, vae_b = VAE(VAEConfig()).eval(), VAE(VAEConfig()).eval()
-    mapping = NonLocalMappingNetwork(NonLocalMappingConfig()).eval()
+    layout = torch.channels_last  # as the pipeline runs them
+    vae_a, vae_b = (VAE(VAEConfig()).eval().to(memory_format=layout) for _ in range(2))
+    mapping = NonLocalMappingNetwork(NonLocalMappingConfig()).eval().to(memory_format=layout)
     mapping.nonlocal_block.naive = naive
     image, mask = synthetic_scratched_photo(side)
+    image = image.contiguous(memory_format=layout)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     with torch.no_grad():

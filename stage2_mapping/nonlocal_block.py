@@ -19,7 +19,7 @@ from latent_restore.core.layers import residual_stack
 from latent_restore.core.memory import available_memory
 
 RENORMALIZE_EPS = 1e-12
-DEFAULT_MAX_CHUNK_BYTES = 512 << 20
+DEFAULT_MAX_CHUNK_BYTES = 256 << 20
 
 
 def validity_map(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -67,7 +67,7 @@ def partial_attention(
         valid: ``N x 1 x h x w`` validity (1 = may be attended to).
         theta, phi, g: the block's 1x1 projections.
         max_chunk_bytes: scratch memory for one chunk of rows; ``None`` = a quarter of the memory
-            available on ``x``'s device, capped at 512 MiB.
+            available on ``x``'s device, capped at 256 MiB.
 
     Returns:
         ``N x C x h x w``.
@@ -77,29 +77,35 @@ def partial_attention(
     if max_chunk_bytes is None:
         max_chunk_bytes = min(available_memory(x.device) // 4, DEFAULT_MAX_CHUNK_BYTES)
     rows = _chunk_rows(cells, c, max_chunk_bytes)
-    theta_w = theta.weight.reshape(theta.out_channels, c)
-    out = torch.empty(n, g.out_channels, cells, dtype=x.dtype, device=x.device)
+    theta_t = theta.weight.reshape(theta.out_channels, c).t()
+    # Cell-major (N x C) storage: a view of channels-last features, and the output comes back
+    # channels-last, so no full-size copy is made on the way in or out.
+    out = torch.empty(n, h, w, g.out_channels, dtype=x.dtype, device=x.device)
     # In-place updates halve the scratch memory but would break autograd (softmax saves its output).
     inplace = not torch.is_grad_enabled()
     for b in range(n):
         xb = x[b : b + 1]
-        keys = phi(xb).reshape(-1, cells)  # C x N
-        values = g(xb).reshape(-1, cells).t()  # N x C
-        flat_x = xb.reshape(c, cells)
+        keys, values, cells_x = _cells(phi(xb)), _cells(g(xb)), _cells(xb)
         weight = valid[b].reshape(1, cells).to(x.dtype)
+        out_b = out[b].view(cells, -1)
         for start in range(0, cells, rows):
             stop = min(start + rows, cells)
-            queries = torch.addmm(theta.bias[:, None], theta_w, flat_x[:, start:stop]).t()
-            attn = torch.softmax(queries @ keys, dim=-1)
+            queries = torch.addmm(theta.bias, cells_x[start:stop], theta_t)
+            attn = torch.softmax(queries @ keys.t(), dim=-1)
             if inplace:
                 attn.mul_(weight)
                 attn.div_(attn.sum(dim=-1, keepdim=True).clamp_min_(RENORMALIZE_EPS))
             else:
                 attn = attn * weight
                 attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(RENORMALIZE_EPS)
-            out[b, :, start:stop] = (attn @ values).t()
+            out_b[start:stop] = attn @ values
             del attn, queries
-    return out.reshape(n, -1, h, w)
+    return out.permute(0, 3, 1, 2)
+
+
+def _cells(t: torch.Tensor) -> torch.Tensor:
+    """``1 x C x h x w`` -> ``(h*w) x C`` in raster order (a view when ``t`` is channels-last)."""
+    return t[0].permute(1, 2, 0).reshape(-1, t.shape[1])
 
 
 def partial_attention_naive(
@@ -145,5 +151,7 @@ class PartialNonLocalBlock(nn.Module):
             y = partial_attention_naive(x, valid, self.theta, self.phi, self.g)
         else:
             y = partial_attention(x, valid, self.theta, self.phi, self.g, self.max_chunk_bytes)
-        refined = self.blocks(self.project(y))
-        return torch.where(valid > 0, x, refined)
+        # Rebinding step by step lets each full-size intermediate go as soon as it is used.
+        y = self.project(y)
+        y = self.blocks(y)
+        return torch.where(valid > 0, x, y)
