@@ -141,7 +141,8 @@ def run_batch(
         try:
             photo = read_photo(source)
             result = pipeline(photo, options)
-            data = encode_png(result.image, result.alpha, photo.gray_file, photo.icc_profile, photo.exif)
+            gray = photo.gray_file and not options.colorize  # a colorized gray file is written in colour
+            data = encode_png(result.image, result.alpha, gray, photo.icc_profile, photo.exif)
             write_atomic(target, data)
             if save_stages:
                 for stage, image in result.stages.items():

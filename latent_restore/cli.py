@@ -54,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     from latent_restore.pipeline import (
         Precision,
         Preset,
+        RestorationModel,
         RestorationOptions,
         RestorationPipeline,
         WeightsNotFoundError,
@@ -68,7 +69,12 @@ def _run(args: argparse.Namespace) -> int:
             weights, device=args.device, precision=Precision(args.precision), faces=not args.no_faces
         )
         options = RestorationOptions(
-            with_scratch=args.with_scratch, hr=args.hr, faces=not args.no_faces, preset=Preset(args.preset)
+            with_scratch=args.with_scratch,
+            hr=args.hr,
+            faces=not args.no_faces,
+            preset=Preset(args.preset),
+            model=RestorationModel(args.model),
+            colorize=args.colorize,
         )
         summary = run_batch(
             pipeline,
@@ -152,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from latent_restore.evaluation import EvalProtocol, evaluate
-    from latent_restore.pipeline import RestorationPipeline, WeightsNotFoundError
+    from latent_restore.pipeline import RestorationPipeline, WeightsNotFoundError, pix2pix_method
 
     weights = _weights_dir(args)
     if weights is None:
@@ -162,10 +168,12 @@ def _eval(args: argparse.Namespace) -> int:
     )
     try:
         pipeline = RestorationPipeline.from_pretrained(weights, device=args.device, faces=False)
+        extra = pix2pix_method(pipeline)
         results = evaluate(
             pipeline,
             protocol,
             args.out,
+            extra_methods={"pix2pix": extra} if extra is not None else None,
             show_progress=not args.quiet,
             inception_weights=args.inception_weights,
         )
@@ -210,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--hr", action="store_true", help="patch-attention mapping for large scratched photos")
     run.add_argument("--no-faces", action="store_true", help="do not enhance faces")
+    run.add_argument(
+        "--model",
+        choices=["two-vae", "pix2pix"],
+        default="two-vae",
+        help="global restoration network: two-vae (the paper's method, default) or the pix2pix baseline",
+    )
+    run.add_argument(
+        "--colorize",
+        action="store_true",
+        help="colorize the result as the last stage (keeps lightness; gray photos otherwise stay gray)",
+    )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     run.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     run.add_argument("--weights", help="weights directory (default: the built-in weights)")
@@ -231,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="score restoration on synthetically degraded clean photos against classical baselines",
         description="Degrade every clean photo (held-out split unless --all) with a fixed seed, restore "
-        "it and report PSNR/SSIM (and scratch-mask F1) next to the degraded input and OpenCV baselines.",
+        "it and report PSNR/SSIM (and scratch-mask F1) next to the degraded input and OpenCV baselines "
+        "(and the pix2pix baseline when the weights have a pix2pix component).",
     )
     evaluation.add_argument("--clean", required=True, help="folder of clean photos")
     evaluation.add_argument("--out", required=True, help="folder for results.json, results.md and grid.png")

@@ -1,10 +1,14 @@
-"""RestorationPipeline: scratch detection -> global restoration -> faces, in one process, one call.
+"""RestorationPipeline: scratch detection -> global restoration -> faces -> (colorization), in one call.
 
 The pipeline is used alike by the command line, the web page and the tests. Components are
 injected (or loaded once from a weights directory by :meth:`RestorationPipeline.from_pretrained`),
 stages hand images over in memory, and every photo is restored at its own size: it is padded to
 the networks' multiple and cropped back, never resized — unless the ``official`` preset asks for
 the released pipeline's behaviour (see ``docs/official-quirks.md``).
+
+The global stage is the two-VAE latent translation by default; ``model=pix2pix`` swaps in the
+pix2pix U-Net baseline (Isola et al. 2017) for it. Colorization (off by default) runs last, after
+faces, and keeps each photo's lightness.
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ class Precision(str, enum.Enum):
     BF16 = "bf16"
 
 
+class RestorationModel(str, enum.Enum):
+    """The network of the global stage: the two-VAE latent translation or the pix2pix baseline."""
+
+    TWO_VAE = "two-vae"
+    PIX2PIX = "pix2pix"
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """No usable weights; the message says how to get some."""
 
@@ -67,6 +78,8 @@ class RestorationOptions:
         keep_monochrome: gray and sepia photos come out gray and sepia.
         preset: ``default`` or ``official`` (the released pipeline's pre/post-processing).
         return_stages: also return the intermediate images.
+        model: the global stage's network; ``pix2pix`` has no scratch, HR or official mode.
+        colorize: colorize the result as the last stage (gray photos then come out in colour).
     """
 
     with_scratch: bool = False
@@ -75,6 +88,12 @@ class RestorationOptions:
     keep_monochrome: bool = True
     preset: Preset = Preset.DEFAULT
     return_stages: bool = False
+    model: RestorationModel = RestorationModel.TWO_VAE
+    colorize: bool = False
+
+    def __post_init__(self) -> None:
+        self.model = RestorationModel(self.model)
+        self.preset = Preset(self.preset)
 
 
 @dataclass
@@ -87,7 +106,8 @@ class RestorationResult:
         scratch_mask: bool ``H x W`` of detected defects (scratch modes), else None.
         face_boxes: ``(left, top, right, bottom)`` per enhanced face.
         stages: intermediate images by stage name (when asked for).
-        path: how the global stage was computed (``full``, ``nonlocal``, ``patch-attention``, ``tiles ...``).
+        path: how the global stage was computed (``full``, ``nonlocal``, ``patch-attention``, ``tiles ...``,
+            ``pix2pix``).
     """
 
     image: np.ndarray
@@ -227,18 +247,38 @@ class RestorationPipeline:
         return cls(store, enhancer, torch_device, dtype, memory_limit)
 
     def required_components(self, options: RestorationOptions) -> list[Component]:
-        """Components the global stage needs for ``options`` (faces are optional)."""
+        """What ``options`` need: the global stage's and colorization's components (faces are optional)."""
+        extra = [Component.COLORIZE] if options.colorize else []
+        if options.model is RestorationModel.PIX2PIX:
+            return [Component.PIX2PIX, *extra]
         if not options.with_scratch:
-            return [Component.VAE_A, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY]
+            return [Component.VAE_A, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, *extra]
         mapping = Component.MAPPING_HR if options.hr else Component.MAPPING_SCRATCH
-        return [Component.SCRATCH_DETECTOR, Component.VAE_A, mapping, Component.VAE_B_SCRATCH]
+        return [Component.SCRATCH_DETECTOR, Component.VAE_A, mapping, Component.VAE_B_SCRATCH, *extra]
+
+    @staticmethod
+    def check_options(options: RestorationOptions) -> None:
+        """Reject combinations no stage implements.
+
+        Raises:
+            ValueError: pix2pix with scratch, HR or the official preset.
+        """
+        if options.model is RestorationModel.PIX2PIX and (
+            options.with_scratch or options.hr or options.preset is Preset.OFFICIAL
+        ):
+            raise ValueError(
+                "--with-scratch, --hr and --preset official need the two-VAE model; "
+                "pix2pix restores every defect it was trained on in one pass"
+            )
 
     def check_ready(self, options: RestorationOptions) -> None:
         """Fail before any photo is touched when a needed component is missing.
 
         Raises:
+            ValueError: options that no model implements (see :meth:`check_options`).
             WeightsNotFoundError: naming the missing components.
         """
+        self.check_options(options)
         missing = [c.value for c in self.required_components(options) if not self.components.available(c)]
         if missing:
             raise WeightsNotFoundError(
@@ -326,6 +366,26 @@ class RestorationPipeline:
         out = forward(x, m) if tile is None else run_tiled(forward, x, m, tile, TILE_OVERLAP)
         return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), path
 
+    def restore_pix2pix(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:
+        """Global restoration of float RGB ``H x W x 3`` in [0, 1] by the pix2pix U-Net, at its own size.
+
+        Returns:
+            The restored photo (float ``H x W x 3``) and the computation path (``pix2pix``).
+        """
+        from pix2pix.inference import translate
+
+        generator = self.components.get(Component.PIX2PIX)
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
+        logger.info("global restoration: pix2pix (%dx%d)", x.shape[-1], x.shape[-2])
+        out = translate(generator, x)
+        return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), "pix2pix"
+
+    def colorize(self, rgb: np.ndarray) -> np.ndarray:
+        """Colorize float RGB ``H x W x 3`` in [0, 1]: its CIE L is kept, the chroma predicted."""
+        from colorize.inference import colorize
+
+        return colorize(self.components.get(Component.COLORIZE), rgb)
+
     # ----------------------------------------------------------------------------------- scratches
 
     def detect_scratches(
@@ -357,6 +417,7 @@ class RestorationPipeline:
     ) -> RestorationResult:
         """Restore one photo."""
         options = options or RestorationOptions()
+        self.check_options(options)
         if not isinstance(photo, Photo):
             photo = photo_from_array(photo)
         if options.preset is Preset.OFFICIAL:
@@ -370,7 +431,10 @@ class RestorationPipeline:
             if options.return_stages:
                 stages["scratch_mask"] = mask.astype(np.uint8) * 255
         self._stage("global restoration")
-        restored, path = self.restore_global(photo.rgb, mask, options.hr)
+        if options.model is RestorationModel.PIX2PIX:
+            restored, path = self.restore_pix2pix(photo.rgb)
+        else:
+            restored, path = self.restore_global(photo.rgb, mask, options.hr)
         if tone is not None:
             restored = tone.apply(restored)
         if options.return_stages:
@@ -385,6 +449,12 @@ class RestorationPipeline:
                     restored = tone.apply(restored)
             if options.return_stages:
                 stages["faces"] = quantize(restored)
+        if options.colorize:
+            # Last, and after the monochrome tone was re-applied: nothing turns the colours back to gray.
+            self._stage("colorization")
+            restored = self.colorize(restored)
+            if options.return_stages:
+                stages["colorize"] = quantize(restored)
         return RestorationResult(restored, photo.alpha, mask, boxes, stages, path)
 
     def _official(self, photo: Photo, options: RestorationOptions) -> RestorationResult:
@@ -417,7 +487,23 @@ class RestorationPipeline:
         if options.faces and self.face_enhancer is not None:
             self._stage("faces")
             restored, boxes = self.face_enhancer(restored, hr=options.hr, official_detector=True)
+        if options.colorize:
+            self._stage("colorization")
+            restored = self.colorize(restored)
+            if options.return_stages:
+                stages["colorize"] = restored
         return RestorationResult(restored.astype(np.float32) / 255.0, None, mask, boxes, stages, "official")
+
+
+def pix2pix_method(pipeline: RestorationPipeline) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The pix2pix baseline as an evaluation method (uint8 ``H x W x 3`` in and out), or None without weights.
+
+    It restores from the degraded photo alone (no scratch mask, no faces), whatever the protocol.
+    """
+    if not pipeline.components.available(Component.PIX2PIX):
+        return None
+    options = RestorationOptions(faces=False, model=RestorationModel.PIX2PIX)
+    return lambda image: quantize(pipeline(image, options).image)
 
 
 class FaceStage:

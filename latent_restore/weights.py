@@ -11,7 +11,9 @@ import enum
 from pathlib import Path
 
 # Importing the networks registers their architectures, so any component directory loads.
+import colorize.network  # noqa: F401
 import face_enhance.generator  # noqa: F401
+import pix2pix.generator  # noqa: F401
 import stage1_vae  # noqa: F401
 import stage2_mapping  # noqa: F401
 
@@ -31,6 +33,10 @@ class Component(str, enum.Enum):
     SCRATCH_DETECTOR = "scratch_detector"
     FACE_256 = "face_256"
     FACE_512 = "face_512"
+    PIX2PIX = "pix2pix"
+    """pix2pix U-Net restoring the whole photo in one pass (``--model pix2pix``, a baseline)."""
+    COLORIZE = "colorize"
+    """L -> ab U-Net of the optional colorization stage (``--colorize``)."""
 
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "default_weights"

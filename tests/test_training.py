@@ -181,10 +181,15 @@ def test_entry_point_reports_config_errors(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FULL.glob("*.yaml")))
 def test_full_configs_resolve(name: str) -> None:
+    from colorize.training import ColorizeTrainingConfig
+    from pix2pix.training import Pix2PixTrainingConfig
+
     cls = {
         "vae": VAETrainingConfig,
         "mapping": MappingTrainingConfig,
         "scratch": ScratchTrainingConfig,
+        "pix2pix": Pix2PixTrainingConfig,
+        "colorize": ColorizeTrainingConfig,
     }.get(name.split("_")[0].split(".")[0])
     if cls is None:
         from face_enhance.training import FaceTrainingConfig
@@ -217,11 +222,14 @@ def test_full_configs_reach_the_released_batch_sizes() -> None:
 
 
 def test_stage_tasks_write_weights_directory_components() -> None:
+    from colorize.training import COLORIZE_COMPONENT
+    from pix2pix.training import PIX2PIX_COMPONENT
     from stage1_vae.training import COMPONENTS
     from stage2_mapping.training import SCRATCH_DETECTOR_COMPONENT, VARIANTS
 
     names = {n for names in COMPONENTS.values() for n in names} | {v[2] for v in VARIANTS.values()}
-    assert names | {SCRATCH_DETECTOR_COMPONENT, "face_256", "face_512"} == {c.value for c in Component}
+    names |= {SCRATCH_DETECTOR_COMPONENT, PIX2PIX_COMPONENT, COLORIZE_COMPONENT}
+    assert names | {"face_256", "face_512"} == {c.value for c in Component}
     config = load_config(VAETrainingConfig, TINY / "vae_a.yaml", ["component=vae_b_scratch"])
     with pytest.raises(ConfigError, match="vae_a"):
         build_vae_task(config, torch.device("cpu"))

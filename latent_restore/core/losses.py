@@ -1,4 +1,4 @@
-"""Losses shared by the stages: LSGAN, discriminator feature matching, the KL term, VGG19 perceptual loss.
+"""Losses shared by the stages: LSGAN and vanilla GAN, feature matching, the KL term, VGG19 perceptual loss.
 
 Weights and layer choices follow the released training code (spec §8.3). The VGG loss needs
 ImageNet weights, which this package never downloads: the user passes a torchvision ``vgg19``
@@ -7,6 +7,7 @@ state dict with ``--vgg-weights FILE``; without one the loss is skipped with a w
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from collections.abc import Sequence
@@ -44,6 +45,37 @@ def lsgan_loss(outputs: list[Features] | Features | torch.Tensor, target_is_real
     if outputs and isinstance(outputs[0], torch.Tensor):
         return lsgan_loss(outputs[-1], target_is_real)
     return torch.stack([lsgan_loss(scale[-1], target_is_real) for scale in outputs]).sum()
+
+
+class GanMode(str, enum.Enum):
+    """Adversarial objective: ``vanilla`` (the cross-entropy of Goodfellow et al. 2014, used by pix2pix,
+    Isola et al. 2017 eq. 1) or ``lsgan`` (least squares, used by the two-VAE stages)."""
+
+    VANILLA = "vanilla"
+    LSGAN = "lsgan"
+
+
+def vanilla_gan_loss(outputs: list[Features] | Features | torch.Tensor, target_is_real: bool) -> torch.Tensor:
+    """Binary cross-entropy of verdict logits against all-real or all-fake targets, summed over scales.
+
+    Accepts the same shapes as :func:`lsgan_loss`. For the generator (``target_is_real=True`` on a
+    fake) this is the non-saturating ``-log D(x, G(x))`` of Isola et al. 2017 §3.
+    """
+    if isinstance(outputs, torch.Tensor):
+        target = torch.ones_like(outputs) if target_is_real else torch.zeros_like(outputs)
+        return F.binary_cross_entropy_with_logits(outputs.float(), target.float())
+    if outputs and isinstance(outputs[0], torch.Tensor):
+        return vanilla_gan_loss(outputs[-1], target_is_real)
+    return torch.stack([vanilla_gan_loss(scale[-1], target_is_real) for scale in outputs]).sum()
+
+
+def gan_loss(
+    outputs: list[Features] | Features | torch.Tensor, target_is_real: bool, mode: GanMode = GanMode.LSGAN
+) -> torch.Tensor:
+    """:func:`lsgan_loss` or :func:`vanilla_gan_loss` by ``mode``."""
+    if GanMode(mode) is GanMode.VANILLA:
+        return vanilla_gan_loss(outputs, target_is_real)
+    return lsgan_loss(outputs, target_is_real)
 
 
 def discriminator_loss(real: list[Features], fake: list[Features]) -> torch.Tensor:

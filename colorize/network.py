@@ -1,0 +1,37 @@
+"""The colorization network: lightness L -> chroma ab, a pix2pix U-Net (Isola et al. 2017 §4.8).
+
+Predicting only the two chroma channels from the lightness (Zhang et al. 2016) means the network
+cannot alter the photo's tones; the U-Net's skip connections carry the edges of L straight to the
+output, so colours stay inside object boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latent_restore.core.checkpoint import register_architecture
+from latent_restore.core.unet import UNetConfig, UNetGenerator
+
+
+@dataclass
+class ColorizerConfig(UNetConfig):
+    """:class:`UNetConfig` with one input channel (normalised L) and two outputs (normalised ab)."""
+
+    in_channels: int = 1
+    out_channels: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.in_channels != 1 or self.out_channels != 2:
+            raise ValueError("a Colorizer maps L (1 channel) to ab (2 channels)")
+
+
+@register_architecture("colorizer", ColorizerConfig)
+class Colorizer(UNetGenerator):
+    """U-Net ``N x 1 x H x W`` normalised L -> ``N x 2 x H x W`` normalised ab (see :mod:`colorize.lab`).
+
+    ``H`` and ``W`` must be multiples of ``2**depth``; :func:`colorize.inference.colorize` pads.
+
+    Args:
+        config: :class:`ColorizerConfig`.
+    """

@@ -1,0 +1,182 @@
+"""Training task of the pix2pix restoration baseline (Isola et al. 2017).
+
+The generator translates a synthetically degraded photo into the clean one. Its objective is the
+paper's eq. 4, ``G* = arg min_G max_D L_cGAN(G, D) + lambda * L_L1(G)`` with ``lambda = 100``: the L1
+term gets the low frequencies right, and the conditional PatchGAN (a 70x70 receptive field: 3
+stride-2 layers) only has to judge local texture, which it does on the degraded input concatenated
+with the real or generated output. Both networks are updated every iteration (the shared loop's
+simultaneous updates); the discriminator's loss is halved as in the paper (§3.3).
+
+The data are the same synthetic pairs as the latent mapping's, so pix2pix and the two-VAE method
+can be compared on equal terms by ``latent-restore eval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from latent_restore.core.config import ConfigError
+from latent_restore.core.degradations import DegradationConfig
+from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
+from latent_restore.core.losses import GanMode, gan_loss
+from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
+from latent_restore.core.unet import UNetConfig
+from pix2pix.data import DegradedPairDataset
+from pix2pix.generator import Pix2PixGenerator
+
+PIX2PIX_COMPONENT = "pix2pix"
+"""The weights component written (``latent_restore.weights.Component.PIX2PIX``)."""
+
+
+def patchgan_config() -> DiscriminatorConfig:
+    """The paper's 70x70 PatchGAN: 64 base channels, 3 stride-2 layers, one scale."""
+    return DiscriminatorConfig(base_channels=64, num_layers=3, num_scales=1)
+
+
+@dataclasses.dataclass
+class Pix2PixDataConfig:
+    """Paired training data (see :class:`pix2pix.data.DegradedPairDataset`).
+
+    Attributes:
+        clean_dirs: clean photo folders; degraded inputs are synthesised on the fly.
+        crop_size: square crop side (a multiple of the generator's ``2**depth``).
+        length: samples per (virtual) epoch; ``None``: the number of files.
+        with_scratches: add structured defects to the degraded inputs.
+        grayscale_prob: probability of a grayscale pair.
+        cache: keep decoded images in memory.
+        exclude_held_out: leave the held-out evaluation photos out.
+        degradation: degradation ranges.
+    """
+
+    clean_dirs: list[str] = dataclasses.field(default_factory=list)
+    crop_size: int = 256
+    length: int | None = None
+    with_scratches: bool = False
+    grayscale_prob: float = 0.1
+    cache: bool = False
+    exclude_held_out: bool = False
+    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
+
+
+@dataclasses.dataclass
+class Pix2PixLossConfig:
+    """Attributes: l1_weight: lambda of eq. 4 (100); gan_weight: weight of the cGAN term; gan_mode:
+    vanilla (the paper) or lsgan."""
+
+    l1_weight: float = 100.0
+    gan_weight: float = 1.0
+    gan_mode: GanMode = GanMode.VANILLA
+
+
+@dataclasses.dataclass
+class Pix2PixTrainingConfig:
+    """Everything ``scripts/train_pix2pix.py`` reads."""
+
+    model: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    discriminator: DiscriminatorConfig = dataclasses.field(default_factory=patchgan_config)
+    loss: Pix2PixLossConfig = dataclasses.field(default_factory=Pix2PixLossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: Pix2PixDataConfig = dataclasses.field(default_factory=Pix2PixDataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def conditional_gan_step(
+    ctx: StepContext,
+    discriminator: nn.Module,
+    condition: torch.Tensor,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    mode: GanMode,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discriminator loss (back-propagated here) and the generator's adversarial term (not yet).
+
+    Real and fake pairs go through the (possibly DDP-wrapped) discriminator as one batch; the
+    generator's term goes through the plain, :func:`frozen` discriminator so only the generator
+    receives its gradients.
+
+    Args:
+        ctx: the step context; its ``models["discriminator"]`` is used for the discriminator loss.
+        discriminator: the unwrapped discriminator.
+        condition: the generator's input ``N x C x H x W``.
+        real, fake: target and generated output ``N x C' x H x W``.
+        mode: vanilla or LSGAN.
+
+    Returns:
+        ``(loss_d, loss_g_adv)``.
+    """
+    n = condition.shape[0]
+    pairs = torch.cat([torch.cat([condition, real], 1), torch.cat([condition, fake.detach()], 1)])
+    real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
+    loss_d = 0.5 * (gan_loss(real_out, True, mode) + gan_loss(fake_out, False, mode))
+    ctx.backward(loss_d)
+    with frozen(discriminator):
+        loss_g = gan_loss(discriminator(torch.cat([condition, fake], 1)), True, mode)
+    return loss_d, loss_g
+
+
+class Pix2PixTask(TrainTask):
+    """U-Net generator + conditional PatchGAN on (degraded, clean) pairs."""
+
+    def __init__(self, config: Pix2PixTrainingConfig, device: torch.device) -> None:
+        if config.data.crop_size % config.model.multiple:
+            raise ConfigError(
+                f"data.crop_size must be a multiple of 2**model.depth = {config.model.multiple}"
+            )
+        if config.model.in_channels != 3 or config.model.out_channels != 3:
+            raise ConfigError("the pix2pix restorer maps RGB to RGB: model.in_channels = out_channels = 3")
+        self.config = config
+        generator = Pix2PixGenerator(config.model).to(device)
+        self.models = {"generator": generator}
+        if config.loss.gan_weight:
+            self.models["discriminator"] = MultiScaleDiscriminator.from_config(6, config.discriminator).to(
+                device
+            )
+        self.optimizers = {name: adam(m.parameters(), config.optim) for name, m in self.models.items()}
+
+    def dataset(self) -> Dataset:
+        data = self.config.data
+        return DegradedPairDataset(
+            data.clean_dirs,
+            data.crop_size,
+            data.degradation,
+            self.config.train.seed,
+            data.length,
+            with_scratches=data.with_scratches,
+            grayscale_prob=data.grayscale_prob,
+            cache=data.cache,
+            exclude_held_out=data.exclude_held_out,
+        )
+
+    def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
+        degraded, clean = batch["degraded"], batch["clean"]
+        fake = ctx.models["generator"](degraded)
+        l1 = (fake.float() - clean.float()).abs().mean()
+        terms = {"g/l1": l1 * loss.l1_weight}
+        logs: dict[str, torch.Tensor] = {}
+        if loss.gan_weight:
+            loss_d, loss_g = conditional_gan_step(
+                ctx, self.models["discriminator"], degraded, clean, fake, loss.gan_mode
+            )
+            logs["d/gan"] = loss_d
+            terms["g/gan"] = loss_g * loss.gan_weight
+        loss_g_total = torch.stack(list(terms.values())).sum()
+        ctx.backward(loss_g_total)
+        return {**logs, **terms, "g/total": loss_g_total, "metric/image_l1": l1}
+
+    def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        degraded, clean = batch["degraded"][:4], batch["clean"][:4]
+        return {"degraded": degraded, "restored": self.models["generator"](degraded), "clean": clean}
+
+    def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+        return {PIX2PIX_COMPONENT: models["generator"]}
+
+
+def build_pix2pix_task(config: Pix2PixTrainingConfig, device: torch.device) -> Pix2PixTask:
+    return Pix2PixTask(config, device)
