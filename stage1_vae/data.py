@@ -35,6 +35,7 @@ class DomainADataset(SeededDataset):
         with_scratches: keep the degradation's defect stage (off by default).
         grayscale_prob: probability of converting a sample to grayscale (§8.1: 10 %).
         cache: keep decoded images in memory.
+        exclude_held_out: leave the held-out evaluation photos out of ``clean_dirs``.
 
     Items: ``{"image": 3 x S x S float32 in [-1, 1], "is_real": bool scalar tensor}``.
     """
@@ -51,10 +52,11 @@ class DomainADataset(SeededDataset):
         with_scratches: bool = False,
         grayscale_prob: float = 0.1,
         cache: bool = False,
+        exclude_held_out: bool = False,
     ) -> None:
         if not 0.0 <= real_fraction <= 1.0:
             raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}")
-        self.clean = ImagePool(clean_dirs, cache=cache)
+        self.clean = ImagePool(clean_dirs, cache=cache, exclude_held_out=exclude_held_out)
         dirs = [real_dirs] if isinstance(real_dirs, (str, Path)) else list(real_dirs)
         self.real = [ImagePool(d, cache=cache) for d in dirs]
         if any(not len(pool) for pool in self.real):

@@ -58,6 +58,8 @@ class VAEDataConfig:
         real_fraction: probability of a real old photo in domain A (released: 1/2).
         grayscale_prob: probability of a grayscale sample (released: 10 %).
         cache: keep decoded images in memory.
+        exclude_held_out: leave the held-out evaluation photos (:mod:`latent_restore.core.splits`)
+            out of ``clean_dirs``; each folder must be the root that ``latent-restore eval`` uses.
         degradation: synthetic degradation of domain A's clean photos.
     """
 
@@ -68,6 +70,7 @@ class VAEDataConfig:
     real_fraction: float = 0.5
     grayscale_prob: float = 0.1
     cache: bool = False
+    exclude_held_out: bool = False
     degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
 
 
@@ -83,6 +86,13 @@ class VAELossConfig:
         kl_weight: ``mean(z^2)`` (``--kl``).
         latent_gan_weight: latent adversarial term of VAE A.
         l1_weight: plain L1 reconstruction (released ``--Smooth_L1`` option; off by default).
+        latent_noise_std: standard deviation of the Gaussian noise added to the latent before
+            decoding (released: 1). Lower values trade the smoothness of the latent space for
+            sharper, higher-PSNR reconstructions, which short CPU schedules need.
+
+    With ``gan_weight`` and ``feat_weight`` both 0 the image discriminator is neither run nor
+    trained, and with ``latent_gan_weight`` 0 neither is VAE A's latent discriminator: a pure
+    reconstruction autoencoder costs a fraction of the adversarial recipe.
     """
 
     gan_weight: float = 1.0
@@ -92,6 +102,12 @@ class VAELossConfig:
     kl_weight: float = 1.0
     latent_gan_weight: float = 1.0
     l1_weight: float = 0.0
+    latent_noise_std: float = 1.0
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the image discriminator contributes to the generator's loss."""
+        return bool(self.gan_weight or self.feat_weight)
 
 
 @dataclasses.dataclass
@@ -121,16 +137,23 @@ class NoisyVAE(nn.Module):
     """Training view of a :class:`VAE`: one forward returns the latent and the noisy reconstruction.
 
     DDP synchronises gradients through ``forward`` only, so encoder and decoder must run inside one
-    call. The decoder sees ``z + eps`` with ``eps ~ N(0, 1)`` (spec §8.3).
+    call. The decoder sees ``z + noise_std * eps`` with ``eps ~ N(0, 1)`` (spec §8.3: ``noise_std`` 1).
+
+    Args:
+        vae: the network being trained.
+        noise_std: standard deviation of the latent noise; 0 gives a deterministic autoencoder.
     """
 
-    def __init__(self, vae: VAE) -> None:
+    def __init__(self, vae: VAE, noise_std: float = 1.0) -> None:
         super().__init__()
         self.vae = vae
+        self.noise_std = noise_std
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.vae.encode(image)
-        return latent, self.vae.decode(latent + torch.randn_like(latent))
+        if self.noise_std:
+            return latent, self.vae.decode(latent + self.noise_std * torch.randn_like(latent))
+        return latent, self.vae.decode(latent)
 
 
 class VAETask(TrainTask):
@@ -151,7 +174,7 @@ class VAETask(TrainTask):
         self.domain = config.domain
         loss = config.loss
         self.models = {
-            "generator": NoisyVAE(VAE(config.model)),
+            "generator": NoisyVAE(VAE(config.model), loss.latent_noise_std),
             "discriminator": MultiScaleDiscriminator.from_config(
                 config.model.out_channels, config.discriminator
             ),
@@ -180,6 +203,7 @@ class VAETask(TrainTask):
                 real_fraction=data.real_fraction,
                 grayscale_prob=data.grayscale_prob,
                 cache=data.cache,
+                exclude_held_out=data.exclude_held_out,
             )
         return CleanImageDataset(
             data.clean_dirs,
@@ -188,6 +212,7 @@ class VAETask(TrainTask):
             data.length,
             grayscale_prob=data.grayscale_prob,
             cache=data.cache,
+            exclude_held_out=data.exclude_held_out,
         )
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -195,15 +220,20 @@ class VAETask(TrainTask):
         image = batch["image"]
         n = image.shape[0]
         latent, fake = ctx.models["generator"](image)
+        logs: dict[str, torch.Tensor] = {}
+        terms: dict[str, torch.Tensor] = {"g/kl": kl_loss(latent) * loss.kl_weight}
+        discriminators = []
 
-        both = ctx.models["discriminator"](torch.cat([image, fake.detach()]))
-        real_out, fake_out = split_batch(both, [n, n])
-        loss_d = discriminator_loss(real_out, fake_out)
-        ctx.backward(loss_d)
-        logs = {"d/image": loss_d}
+        if loss.adversarial:
+            both = ctx.models["discriminator"](torch.cat([image, fake.detach()]))
+            real_out, fake_out = split_batch(both, [n, n])
+            loss_d = discriminator_loss(real_out, fake_out)
+            ctx.backward(loss_d)
+            logs["d/image"] = loss_d
+            discriminators.append(self.models["discriminator"])
 
-        discriminators = [self.models["discriminator"]]
-        if self.domain is Domain.A:
+        latent_adversarial = self.domain is Domain.A and bool(loss.latent_gan_weight)
+        if latent_adversarial:
             is_real = batch["is_real"]
             verdict = ctx.models["latent_discriminator"](latent.detach())[0][-1]
             loss_ld = latent_discriminator_loss(verdict, is_real)
@@ -212,15 +242,13 @@ class VAETask(TrainTask):
             discriminators.append(self.models["latent_discriminator"])
 
         with frozen(*discriminators):
-            fake_features = self.models["discriminator"](fake)
-            terms = {
-                "g/gan": lsgan_loss(fake_features, True) * loss.gan_weight,
-                "g/feat": feature_matching_loss(
+            if loss.adversarial:
+                fake_features = self.models["discriminator"](fake)
+                terms["g/gan"] = lsgan_loss(fake_features, True) * loss.gan_weight
+                terms["g/feat"] = feature_matching_loss(
                     fake_features, real_out, loss.feat_weight, self.config.discriminator.num_layers
-                ),
-                "g/kl": kl_loss(latent) * loss.kl_weight,
-            }
-            if self.domain is Domain.A:
+                )
+            if latent_adversarial:
                 verdict = self.models["latent_discriminator"](latent)[0][-1]
                 terms["g/latent_gan"] = latent_generator_loss(verdict, is_real) * loss.latent_gan_weight
         l1 = (fake.float() - image.float()).abs().mean()

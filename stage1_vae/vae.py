@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_restore.core.checkpoint import register_architecture
-from latent_restore.core.layers import instance_norm, reflect_conv, residual_stack
+from latent_restore.core.layers import Norm, normalize, reflect_conv, residual_stack
 
 
 @dataclass
@@ -29,6 +29,8 @@ class VAEConfig:
         latent_channels: channels of the latent code.
         num_downsamples: stride-2 stages; the latent is ``H / 2**num_downsamples``.
         num_res_blocks: residual blocks at latent resolution in the encoder and in the decoder.
+        norm: normalisation after the stem and the down/up-sampling convolutions (released:
+            instance; see :class:`~latent_restore.core.layers.Norm`).
     """
 
     in_channels: int = 3
@@ -37,6 +39,10 @@ class VAEConfig:
     latent_channels: int = 64
     num_downsamples: int = 2
     num_res_blocks: int = 4
+    norm: Norm = Norm.INSTANCE
+
+    def __post_init__(self) -> None:
+        self.norm = Norm(self.norm)
 
     def stage_channels(self) -> list[int]:
         """Channels at each resolution, full resolution first, latent last."""
@@ -59,12 +65,13 @@ class VAEEncoder(nn.Module):
         self.down = nn.ModuleList(
             nn.Conv2d(chans[i], chans[i + 1], 4, stride=2, padding=1) for i in range(config.num_downsamples)
         )
+        self.norm = config.norm
         self.blocks = residual_stack(config.latent_channels, config.num_res_blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(instance_norm(reflect_conv(self.stem, x, 3)), inplace=True)
+        h = F.relu(normalize(reflect_conv(self.stem, x, 3), self.norm), inplace=True)
         for conv in self.down:
-            h = F.relu(instance_norm(conv(h)), inplace=True)
+            h = F.relu(normalize(conv(h), self.norm), inplace=True)
         return self.blocks(h)
 
 
@@ -74,6 +81,7 @@ class VAEDecoder(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         chans = config.stage_channels()
+        self.norm = config.norm
         self.blocks = residual_stack(config.latent_channels, config.num_res_blocks)
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], 4, stride=2, padding=1)
@@ -84,7 +92,7 @@ class VAEDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.blocks(z)
         for conv in self.up:
-            h = F.relu(instance_norm(conv(h)), inplace=True)
+            h = F.relu(normalize(conv(h), self.norm), inplace=True)
         return torch.tanh(reflect_conv(self.head, h, 3))
 
 

@@ -43,6 +43,7 @@ class MappingPairDataset(SeededDataset):
         no_defect_prob: with scratches, probability of a sample without defects (released: 1/2).
         grayscale_prob: probability of a grayscale pair (§8.1: 10 %).
         cache: keep decoded images in memory.
+        exclude_held_out: leave out the held-out evaluation photos of each folder.
 
     Items: ``{"degraded", "clean": 3 x S x S float32 in [-1, 1], "mask": 1 x S x S float32 {0, 1}}``.
     """
@@ -58,8 +59,9 @@ class MappingPairDataset(SeededDataset):
         no_defect_prob: float = 0.5,
         grayscale_prob: float = 0.1,
         cache: bool = False,
+        exclude_held_out: bool = False,
     ) -> None:
-        self.pool = ImagePool(clean_dirs, cache=cache)
+        self.pool = ImagePool(clean_dirs, cache=cache, exclude_held_out=exclude_held_out)
         if not len(self.pool):
             raise FileNotFoundError(f"no images found in {clean_dirs}")
         super().__init__(seed, length if length is not None else len(self.pool))
@@ -98,6 +100,7 @@ class ScratchDetectionDataset(SeededDataset):
         degradation: degradation ranges (default :class:`DegradationConfig`); defects are always on.
         no_defect_prob: probability of a negative sample without defects.
         cache: keep decoded images in memory.
+        exclude_held_out: leave out the held-out evaluation photos of each folder.
 
     Items: ``{"image": 1 x S x S float32 in [-1, 1], "mask": 1 x S x S float32 {0, 1}}``.
     """
@@ -111,8 +114,9 @@ class ScratchDetectionDataset(SeededDataset):
         degradation: DegradationConfig | None = None,
         no_defect_prob: float = 0.0,
         cache: bool = False,
+        exclude_held_out: bool = False,
     ) -> None:
-        self.pool = ImagePool(clean_dirs, cache=cache)
+        self.pool = ImagePool(clean_dirs, cache=cache, exclude_held_out=exclude_held_out)
         if not len(self.pool):
             raise FileNotFoundError(f"no images found in {clean_dirs}")
         super().__init__(seed, length if length is not None else len(self.pool))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_restore.core.checkpoint import register_architecture
-from latent_restore.core.layers import instance_norm, residual_stack
+from latent_restore.core.layers import Norm, normalize, residual_stack
 from stage2_mapping.nonlocal_block import PartialNonLocalBlock
 from stage2_mapping.patch_attention import PatchAttention
 
@@ -34,6 +34,8 @@ class MappingConfig:
         max_channels: width of the trunk at its widest (``map_mc`` in the paper's code).
         num_levels: widening convolutions (and, mirrored, narrowing ones).
         num_blocks: residual blocks at full width.
+        norm: normalisation after the widening and narrowing convolutions (released: instance;
+            see :class:`~latent_restore.core.layers.Norm`).
     """
 
     latent_channels: int = 64
@@ -41,6 +43,10 @@ class MappingConfig:
     max_channels: int = 512
     num_levels: int = 4
     num_blocks: int = 6
+    norm: Norm = Norm.INSTANCE
+
+    def __post_init__(self) -> None:
+        self.norm = Norm(self.norm)
 
     def widths(self) -> list[int]:
         return [self.latent_channels] + [
@@ -82,9 +88,9 @@ def _contraction(config: MappingConfig) -> nn.ModuleList:
     return nn.ModuleList(nn.Conv2d(w[i + 1], w[i], 3, padding=1) for i in range(config.num_levels - 1, 0, -1))
 
 
-def _conv_in_relu(convs: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+def _conv_in_relu(convs: nn.ModuleList, x: torch.Tensor, norm: Norm = Norm.INSTANCE) -> torch.Tensor:
     for conv in convs:
-        x = F.relu(instance_norm(conv(x)), inplace=True)
+        x = F.relu(normalize(conv(x), norm), inplace=True)
     return x
 
 
@@ -106,8 +112,8 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` is accepted for a uniform interface and ignored."""
-        h = self.blocks(_conv_in_relu(self.expand, z))
-        return self.out(_conv_in_relu(self.contract, h))
+        h = self.blocks(_conv_in_relu(self.expand, z, self.config.norm))
+        return self.out(_conv_in_relu(self.contract, h, self.config.norm))
 
 
 @register_architecture("mapping_nonlocal", NonLocalMappingConfig)
@@ -126,9 +132,9 @@ class NonLocalMappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: z latent ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution, 1 = scratch."""
-        h = self.nonlocal_block(_conv_in_relu(self.expand, z), mask)
+        h = self.nonlocal_block(_conv_in_relu(self.expand, z, self.config.norm), mask)
         h = self.blocks(h)
-        return self.out(_conv_in_relu(self.contract, h))
+        return self.out(_conv_in_relu(self.contract, h, self.config.norm))
 
 
 @register_architecture("mapping_patch_attention", PatchAttentionMappingConfig)
@@ -151,10 +157,10 @@ class PatchAttentionMappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: z latent ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution, 1 = scratch."""
-        h = self.pre_blocks(_conv_in_relu(self.expand, z))
+        h = self.pre_blocks(_conv_in_relu(self.expand, z, self.config.norm))
         for i, attention in enumerate(self.attention):
             if i > 0:
                 h = self.inter_blocks[i - 1](h)
             h = attention(h, mask)
         h = self.post_blocks(h)
-        return self.out(_conv_in_relu(self.contract, h))
+        return self.out(_conv_in_relu(self.contract, h, self.config.norm))

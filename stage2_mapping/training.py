@@ -59,6 +59,12 @@ VARIANTS: dict[MappingVariant, tuple[type, type[nn.Module], str]] = {
 
 SCRATCH_DETECTOR_COMPONENT = "scratch_detector"
 
+DECODER_COMPONENTS = ("vae_b_quality", "vae_b_scratch")
+"""Components a mapping run may write VAE B under when it fine-tunes the decoder."""
+
+ENCODER_COMPONENT = "vae_a"
+"""Component a mapping run writes VAE A under when it fine-tunes the encoder."""
+
 
 @dataclasses.dataclass
 class MappingDataConfig:
@@ -73,12 +79,15 @@ class MappingDataConfig:
         no_defect_prob: with scratches, probability of a defect-free sample (released: 1/2).
         grayscale_prob: probability of a grayscale pair.
         cache: keep decoded images in memory.
+        exclude_held_out: leave the held-out evaluation photos (:mod:`latent_restore.core.splits`)
+            out; each folder must be the root that ``latent-restore eval`` uses.
         degradation: degradation ranges.
     """
 
     clean_dirs: list[str] = dataclasses.field(default_factory=list)
     crop_size: int = 256
     length: int | None = None
+    exclude_held_out: bool = False
     with_scratches: bool | None = None
     no_defect_prob: float = 0.5
     grayscale_prob: float = 0.1
@@ -99,6 +108,10 @@ class MappingLossConfig:
         l1_weight: plain image L1 to the clean photo (released ``--Smooth_L1``; off by default).
         ttur: two time-scale update rule: betas (0, 0.9), mapping lr / 2, discriminator lr * 2
             (the quality command; the scratch commands pass ``--no_TTUR``).
+
+    With ``gan_weight`` and ``feat_weight`` both 0 the discriminator is neither run nor trained:
+    latent L1 plus the image L1 through VAE B's decoder then optimise PSNR directly, at a
+    fraction of the adversarial recipe's cost.
     """
 
     latent_weight: float = 60.0
@@ -109,6 +122,11 @@ class MappingLossConfig:
     l1_weight: float = 0.0
     ttur: bool = True
 
+    @property
+    def adversarial(self) -> bool:
+        """Whether the conditional discriminator contributes to the mapping's loss."""
+        return bool(self.gan_weight or self.feat_weight)
+
 
 @dataclasses.dataclass
 class MappingTrainingConfig:
@@ -116,9 +134,22 @@ class MappingTrainingConfig:
 
     Attributes:
         variant: which mapping network.
-        vae_a: component directory of the trained VAE A (its encoder is used, frozen).
+        vae_a: component directory of the trained VAE A (its encoder is used, frozen unless
+            ``encoder_component`` is set).
         vae_b: component directory of the trained VAE B (encoder for targets, decoder for images).
         component: weights component to write; ``None``: by variant (mapping_quality / _scratch / _hr).
+        decoder_component: ``None`` (the paper): VAE B stays frozen. A VAE B component name
+            (``vae_b_quality`` or ``vae_b_scratch``): VAE B's decoder is trained jointly with the
+            mapping on the image losses and VAE B (its encoder unchanged) is written under that
+            name too. The decoder then learns to render the mapping's outputs, which never sit
+            exactly on VAE B's latent manifold; short schedules gain PSNR from it. The fine-tuned
+            networks are not averaged by ``train.ema_decay`` (only the mapping is).
+        encoder_component: ``None`` (the paper): VAE A stays frozen. ``vae_a``: VAE A's encoder is
+            trained jointly too and VAE A is written as ``vae_a``. The encoder is the only network
+            that sees the photo at full resolution, so training it on the image losses lets it
+            remove noise and blur before the latent bottleneck. It gives up the latent alignment
+            of real and synthetic old photos that VAE A's own training built, and every mapping
+            run with that VAE A must then use the fine-tuned one (``--vae-a``).
         model: keys of the variant's config class (:class:`MappingConfig`,
             :class:`NonLocalMappingConfig` or :class:`PatchAttentionMappingConfig`).
         discriminator: conditional image discriminator (spectral norm for the scratch models).
@@ -128,6 +159,8 @@ class MappingTrainingConfig:
     vae_a: str = ""
     vae_b: str = ""
     component: str | None = None
+    decoder_component: str | None = None
+    encoder_component: str | None = None
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
     loss: MappingLossConfig = dataclasses.field(default_factory=MappingLossConfig)
@@ -170,6 +203,14 @@ class MappingTask(TrainTask):
                 device
             ),
         }
+        if config.decoder_component is not None:
+            if config.decoder_component not in DECODER_COMPONENTS:
+                raise ConfigError(f"decoder_component is one of {DECODER_COMPONENTS}")
+            self.models["decoder"] = self.vae_b.decoder.requires_grad_(True)
+        if config.encoder_component is not None:
+            if config.encoder_component != ENCODER_COMPONENT:
+                raise ConfigError(f"encoder_component is {ENCODER_COMPONENT!r} or null")
+            self.models["encoder"] = self.vae_a.encoder.requires_grad_(True)
         optim = config.optim
         if config.loss.ttur:
             self.optimizers = {
@@ -178,6 +219,11 @@ class MappingTask(TrainTask):
                     self.models["discriminator"].parameters(), optim, lr_scale=2.0, betas=(0.0, 0.9)
                 ),
             }
+            for name in ("decoder", "encoder"):
+                if name in self.models:
+                    self.optimizers[name] = adam(
+                        self.models[name].parameters(), optim, lr_scale=0.5, betas=(0.0, 0.9)
+                    )
         else:
             self.optimizers = {name: adam(m.parameters(), optim) for name, m in self.models.items()}
         self.vgg = build_vgg_loss(config.loss.vgg_weights, config.loss.vgg_weight)
@@ -202,10 +248,18 @@ class MappingTask(TrainTask):
             no_defect_prob=data.no_defect_prob,
             grayscale_prob=data.grayscale_prob,
             cache=data.cache,
+            exclude_held_out=data.exclude_held_out,
         )
 
-    def _map(self, mapping: nn.Module, degraded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """VAE A latent of the degraded photo (no gradient: the encoder is frozen), then the mapping."""
+    def _map(
+        self, mapping: nn.Module, degraded: torch.Tensor, mask: torch.Tensor, encoder: nn.Module | None = None
+    ) -> torch.Tensor:
+        """VAE A latent of the degraded photo, then the mapping.
+
+        Without ``encoder`` (a trained VAE A encoder) the frozen encoder runs without gradient.
+        """
+        if encoder is not None:
+            return mapping(encoder(degraded), mask)
         with torch.no_grad():
             latent = self.vae_a.encode(degraded)
         return mapping(latent, mask)
@@ -216,25 +270,25 @@ class MappingTask(TrainTask):
         n = degraded.shape[0]
         with torch.no_grad():
             target = self.vae_b.encode(clean)
-        mapped = self._map(ctx.models["mapping"], degraded, mask)
-        fake = self.vae_b.decode(mapped)
-
-        pairs = torch.cat([torch.cat([degraded, clean], 1), torch.cat([degraded, fake.detach()], 1)])
-        real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
-        loss_d = discriminator_loss(real_out, fake_out)
-        ctx.backward(loss_d)
+        mapped = self._map(ctx.models["mapping"], degraded, mask, ctx.models.get("encoder"))
+        fake = (ctx.models["decoder"] if "decoder" in self.models else self.vae_b.decoder)(mapped)
 
         latent_l1 = latent_l1_loss(mapped, target)
-        discriminator = self.models["discriminator"]
-        with frozen(discriminator):
-            fake_features = discriminator(torch.cat([degraded, fake], 1))
-            terms = {
-                "g/latent_l1": latent_l1 * loss.latent_weight,
-                "g/gan": lsgan_loss(fake_features, True) * loss.gan_weight,
-                "g/feat": feature_matching_loss(
+        terms = {"g/latent_l1": latent_l1 * loss.latent_weight}
+        logs: dict[str, torch.Tensor] = {}
+        if loss.adversarial:
+            pairs = torch.cat([torch.cat([degraded, clean], 1), torch.cat([degraded, fake.detach()], 1)])
+            real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
+            loss_d = discriminator_loss(real_out, fake_out)
+            ctx.backward(loss_d)
+            logs["d/image"] = loss_d
+            discriminator = self.models["discriminator"]
+            with frozen(discriminator):
+                fake_features = discriminator(torch.cat([degraded, fake], 1))
+                terms["g/gan"] = lsgan_loss(fake_features, True) * loss.gan_weight
+                terms["g/feat"] = feature_matching_loss(
                     fake_features, real_out, loss.feat_weight, self.config.discriminator.num_layers
-                ),
-            }
+                )
         l1 = (fake.float() - clean.float()).abs().mean()
         if loss.l1_weight:
             terms["g/l1"] = l1 * loss.l1_weight
@@ -243,7 +297,7 @@ class MappingTask(TrainTask):
         loss_g = torch.stack(list(terms.values())).sum()
         ctx.backward(loss_g)
         return {
-            "d/image": loss_d,
+            **logs,
             **terms,
             "g/total": loss_g,
             "metric/latent_l1": latent_l1,
@@ -257,7 +311,12 @@ class MappingTask(TrainTask):
 
     def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
         component = self.config.component or VARIANTS[self.config.variant][2]
-        return {component: models["mapping"]}
+        weights = {component: models["mapping"]}
+        if self.config.decoder_component is not None:
+            weights[self.config.decoder_component] = self.vae_b
+        if self.config.encoder_component is not None:
+            weights[self.config.encoder_component] = self.vae_a
+        return weights
 
 
 def build_mapping_task(config: MappingTrainingConfig, device: torch.device) -> MappingTask:
@@ -274,6 +333,7 @@ class ScratchDataConfig:
         length: samples per (virtual) epoch; ``None``: the number of files.
         no_defect_prob: probability of a negative sample without defects.
         cache: keep decoded images in memory.
+        exclude_held_out: leave the held-out evaluation photos out (see :class:`MappingDataConfig`).
         degradation: degradation ranges (defects always on).
     """
 
@@ -282,6 +342,7 @@ class ScratchDataConfig:
     length: int | None = None
     no_defect_prob: float = 0.1
     cache: bool = False
+    exclude_held_out: bool = False
     degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
 
 
@@ -326,6 +387,7 @@ class ScratchTask(TrainTask):
             data.degradation,
             no_defect_prob=data.no_defect_prob,
             cache=data.cache,
+            exclude_held_out=data.exclude_held_out,
         )
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from latent_restore.core.splits import split
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -201,13 +203,51 @@ class SeededDataset(Dataset):
         return sample_rng(self.seed, self.epoch, index)
 
 
+def training_images(
+    dirs: str | Path | Iterable[str | Path], recursive: bool = True, exclude_held_out: bool = False
+) -> list[Path]:
+    """:func:`list_images`, optionally without the photos of the fixed held-out split.
+
+    The split (:mod:`latent_restore.core.splits`) hashes each path relative to the folder it was
+    found under, so a folder listed here must be the same root that ``latent-restore eval --clean``
+    is given (e.g. the whole ``clean`` tree, not one of its sub-folders) for training and
+    evaluation to agree on which photos are held out.
+
+    Args:
+        dirs: one folder or several; each must exist.
+        recursive: descend into sub-folders.
+        exclude_held_out: drop the held-out photos of each folder.
+
+    Returns:
+        Sorted, de-duplicated image paths.
+    """
+    roots = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    if not exclude_held_out:
+        return list_images(roots, recursive=recursive)
+    kept: set[Path] = set()
+    for root in roots:
+        kept.update(split(list_images(root, recursive=recursive), root)[0])
+    return sorted(kept, key=lambda p: p.as_posix())
+
+
 class ImagePool:
-    """Sorted image files with optional in-memory caching of decoded images (for small folders)."""
+    """Sorted image files with optional in-memory caching of decoded images (for small folders).
+
+    Args:
+        dirs: image folder(s).
+        cache: keep decoded images in memory.
+        recursive: descend into sub-folders.
+        exclude_held_out: leave out the held-out evaluation photos (see :func:`training_images`).
+    """
 
     def __init__(
-        self, dirs: str | Path | Iterable[str | Path], cache: bool = False, recursive: bool = True
+        self,
+        dirs: str | Path | Iterable[str | Path],
+        cache: bool = False,
+        recursive: bool = True,
+        exclude_held_out: bool = False,
     ) -> None:
-        self.paths = list_images(dirs, recursive=recursive)
+        self.paths = training_images(dirs, recursive=recursive, exclude_held_out=exclude_held_out)
         self.cache = cache
         self._decoded: dict[int, np.ndarray] = {}
 
@@ -242,6 +282,7 @@ class CleanImageDataset(SeededDataset):
         length: samples per epoch; defaults to the number of images.
         grayscale_prob: probability of a grayscale sample (three equal channels).
         cache: keep decoded images in memory.
+        exclude_held_out: leave out the held-out evaluation photos of each folder.
 
     Items: ``{"image": 3 x S x S float32 in [-1, 1]}``.
     """
@@ -254,8 +295,9 @@ class CleanImageDataset(SeededDataset):
         length: int | None = None,
         grayscale_prob: float = 0.1,
         cache: bool = False,
+        exclude_held_out: bool = False,
     ) -> None:
-        self.pool = ImagePool(dirs, cache=cache)
+        self.pool = ImagePool(dirs, cache=cache, exclude_held_out=exclude_held_out)
         if not len(self.pool):
             raise FileNotFoundError(f"no images found in {dirs}")
         super().__init__(seed, length if length is not None else len(self.pool))
