@@ -759,6 +759,8 @@ def launch(
             device,
         )
         weights = trainer.fit(resume)
+        # Leave together: a rank tearing gloo down while another still talks to it aborts the process.
+        dist.barrier()
     finally:
         dist.destroy_distributed()
     return weights
