@@ -5,12 +5,15 @@ the latent codes is trained to call *synthetic* latents "real" and *real-old* la
 encoder is rewarded when real-old latents pass as "real". The effect is that real and synthetic
 old photos share one latent space, so the mapping learnt on synthetic pairs transfers to real
 photos. Each batch is split by the real/synthetic flag and both groups are cut to the same size.
+Under DDP "each batch" is the global batch of the step (the balancing is done on the gathered
+flags), so two processes compute exactly what one process with twice the batch computes.
 """
 
 from __future__ import annotations
 
 import torch
 
+from latent_restore.core import dist
 from latent_restore.core.losses import lsgan_loss_per_sample
 
 
@@ -33,10 +36,25 @@ def balanced_masks(is_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return real.float(), synthetic.float()
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _sample_weights(is_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of this process's samples in the means over the selected real and synthetic samples.
+
+    The selection and the counts come from the step's global batch; the weights are multiplied by
+    the number of processes because DDP averages (rather than sums) the ranks' gradients.
+    """
+    local = is_real.reshape(-1).long()
+    flags, positions = dist.gather_global_batch(local)
+    world = flags.numel() // max(local.numel(), 1)
+    real, synthetic = balanced_masks(flags)
+    real = real * (world / real.sum().clamp(min=1.0))
+    synthetic = synthetic * (world / synthetic.sum().clamp(min=1.0))
+    return real[positions], synthetic[positions]
+
+
+def _weighted_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     # Multiplying (rather than indexing) keeps every sample in the graph, so a batch without a
     # usable pair still runs a backward through the discriminator: DDP needs that on every rank.
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * weights.to(values.dtype)).sum()
 
 
 def latent_discriminator_loss(verdict: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
@@ -46,13 +64,13 @@ def latent_discriminator_loss(verdict: torch.Tensor, is_real: torch.Tensor) -> t
         verdict: ``N x 1 x h x w`` patch verdicts on the latents.
         is_real: ``N`` flags.
     """
-    real, synthetic = balanced_masks(is_real)
-    loss_synthetic = _masked_mean(lsgan_loss_per_sample(verdict, True), synthetic)
-    loss_real = _masked_mean(lsgan_loss_per_sample(verdict, False), real)
+    real, synthetic = _sample_weights(is_real)
+    loss_synthetic = _weighted_sum(lsgan_loss_per_sample(verdict, True), synthetic)
+    loss_real = _weighted_sum(lsgan_loss_per_sample(verdict, False), real)
     return 0.5 * (loss_synthetic + loss_real)
 
 
 def latent_generator_loss(verdict: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
     """Encoder's latent adversarial loss: real-old latents should be judged "real" (synthetic-like)."""
-    real, _ = balanced_masks(is_real)
-    return _masked_mean(lsgan_loss_per_sample(verdict, True), real)
+    real, _ = _sample_weights(is_real)
+    return _weighted_sum(lsgan_loss_per_sample(verdict, True), real)

@@ -147,6 +147,19 @@ def test_crop_upscales_small_images_and_flip_mirrors() -> None:
     assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and any(mirrored) and any(kept)
 
 
+def test_crop_redraws_flat_placements() -> None:
+    # A white photo with one textured corner: most placements are flat, re-drawing finds the corner.
+    image = np.full((256, 256, 3), 255, np.uint8)
+    image[:96, :96] = _pattern(96, 96, 2)
+    crops = [random_crop(image, CROP, np.random.default_rng(s)) for s in range(20)]
+    textured = sum(float(c.reshape(-1, 3).std(0).max()) >= 1.0 for c in crops)
+    # One placement in six overlaps the corner; with up to eight tries three crops in four do.
+    assert textured >= 10
+    # An entirely flat photo still gives a crop (the last placement) instead of looping.
+    flat = np.full((100, 100, 3), 7, np.uint8)
+    assert (random_crop(flat, CROP, np.random.default_rng(0)) == 7).all()
+
+
 def test_to_grayscale_matches_pil() -> None:
     image = _pattern(9, 11, 5)
     expected = np.asarray(Image.fromarray(image).convert("L"))

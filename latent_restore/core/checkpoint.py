@@ -124,14 +124,18 @@ def save_component(
 
     Each file is written to a temporary name and renamed, so an interrupted save never leaves a
     truncated checkpoint behind. ``extra`` is stored under ``"extra"`` in ``config.json`` (for
-    provenance such as the source file of a conversion); it never affects loading.
+    provenance such as the source file of a conversion); it never affects loading. Floating-point
+    tensors are stored as float32 whatever precision the model is in (a float64 training run, say).
     """
     architecture = getattr(type(model), "architecture", None)
     if architecture is None:
         raise TypeError(f"{type(model).__name__} is not a registered architecture")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     meta = {
         "format_version": FORMAT_VERSION,

@@ -148,6 +148,33 @@ def average_across_ranks(values: dict[str, float]) -> dict[str, float]:
     }
 
 
+def gather_global_batch(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-sample tensor of the whole step's batch, in one process's order, and this rank's places in it.
+
+    For losses that look across the batch (the latent discriminator's balancing of real and
+    synthetic samples): computed on the gathered batch, they give every rank exactly what one
+    process with ``world_size`` times the batch size computes. :class:`ShardedSampler` deals each
+    epoch's order round-robin, so sample ``j`` of rank ``r``'s micro-batch is sample
+    ``j * world_size + r`` of that process's batch. Every rank must call this at the same point
+    with the same number of samples (the loader drops incomplete batches).
+
+    Args:
+        values: ``N x ...`` values of this rank's samples.
+
+    Returns:
+        ``(global_values, positions)``: ``N * world_size x ...`` values and this rank's ``N``
+        indices into them (``values`` and ``0..N-1`` in a one-process run).
+    """
+    positions = torch.arange(values.shape[0], device=values.device)
+    if not is_initialized():
+        return values, positions
+    world, rank = torch_dist.get_world_size(), torch_dist.get_rank()
+    gathered = [torch.empty_like(values) for _ in range(world)]
+    torch_dist.all_gather(gathered, values.contiguous())
+    global_values = torch.stack(gathered, dim=1).reshape(-1, *values.shape[1:])
+    return global_values, positions * world + rank
+
+
 def assert_replicas_in_sync(models: dict[str, torch.nn.Module], rtol: float = 1e-9) -> None:
     """Raise if any model's parameters differ between ranks (no-op in a one-process run).
 

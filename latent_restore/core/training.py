@@ -63,11 +63,20 @@ C = TypeVar("C")
 
 
 class Precision(str, enum.Enum):
-    """Numeric precision of the forward passes (optimiser state and weights stay float32)."""
+    """Numeric precision of the forward passes.
+
+    ``bf16`` and ``fp16`` autocast the forward passes (weights and optimiser state stay float32).
+    ``fp64`` runs everything in float64: far too slow for real training, it exists for numerical
+    checks. Float32 rounding noise is amplified by Adam (whose first steps move every weight by
+    about ``lr * sign(grad)``, even where the true gradient is zero, as for a convolution's bias
+    in front of an instance norm) and by instance norm on flat crops; in float64 two runs that
+    differ only in summation order (one process against DDP, say) stay equal to ~1e-12.
+    """
 
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    FP64 = "fp64"
 
 
 @dataclasses.dataclass
@@ -91,7 +100,8 @@ class TrainConfig:
         grad_accum: micro-batches per optimiser step; the effective batch is
             ``batch_size * grad_accum * world_size``.
         num_workers: DataLoader worker processes per rank.
-        precision: fp32, bf16 (autocast) or fp16 (autocast plus gradient scaling).
+        precision: fp32, bf16 (autocast), fp16 (autocast plus gradient scaling) or fp64 (every
+            tensor in float64, for numerical checks; see :class:`Precision`).
         ema_decay: decay of the exponential moving average of the task's generator weights;
             0 disables it. With EMA on, the final weights are the averaged ones.
         seed: seed of initialisation, data order and per-sample degradations.
@@ -393,13 +403,16 @@ class RunLogger:
             self.writer.close()
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
+    """``batch`` on ``device``, its floating-point tensors converted to ``float_dtype`` if given."""
     if isinstance(batch, torch.Tensor):
+        if float_dtype is not None and batch.is_floating_point():
+            return batch.to(device, float_dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, float_dtype) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(_to_device(v, device, float_dtype) for v in batch)
     return batch
 
 
@@ -441,8 +454,9 @@ class Trainer:
         self.step = 0
         self._batches_per_epoch = 1
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.float_dtype = torch.float64 if config.precision is Precision.FP64 else None
         for model in task.models.values():
-            model.to(device).train()
+            model.to(device, self.float_dtype).train()
         self.wrapped: dict[str, nn.Module] = {name: self._wrap(m) for name, m in task.models.items()}
         total, decay = config.total_steps, config.decay_steps
         self.schedulers = {
@@ -630,7 +644,7 @@ class Trainer:
         batch = None
         while self.step < config.total_steps:
             for micro in range(config.grad_accum):
-                batch = _to_device(next(batches), self.device)
+                batch = _to_device(next(batches), self.device, self.float_dtype)
                 logs = self._micro_step(batch, sync=micro == config.grad_accum - 1)
                 for key, value in logs.items():
                     value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
@@ -738,6 +752,7 @@ def launch(
     if train_config.cpu_threads > 0:
         torch.set_num_threads(train_config.cpu_threads)
     info = dist.init_distributed(device)
+    stack = contextlib.ExitStack()
     try:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -745,6 +760,9 @@ def launch(
             command = argv if argv is not None else [sys.executable, *sys.argv]
             (run_dir / "command.txt").write_text(shlex.join(command) + "\n", encoding="utf-8")
         seed_everything(train_config.seed + info.rank)
+        if train_config.precision is Precision.FP64:
+            # Networks and constants the task creates (frozen helpers included) start in float64.
+            stack.enter_context(_default_dtype(torch.float64))
         task = build_task(config, device)
         trainer = Trainer(task, train_config, run_dir, device, quiet=quiet)
         effective = train_config.batch_size * train_config.grad_accum * info.world_size
@@ -762,5 +780,16 @@ def launch(
         # Leave together: a rank tearing gloo down while another still talks to it aborts the process.
         dist.barrier()
     finally:
+        stack.close()
         dist.destroy_distributed()
     return weights
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
