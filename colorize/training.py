@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from colorize.lab import denormalize_ab, lab_to_rgb, normalize_ab, normalize_lightness, rgb_to_lab
 from colorize.network import Colorizer, ColorizerConfig
 from latent_restore.core.checkpoint import load_component
+from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.data import CleanImageDataset
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
@@ -33,9 +34,6 @@ from latent_restore.core.losses import GanMode, gan_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
 
 logger = logging.getLogger(__name__)
-
-COLORIZE_COMPONENT = "colorize"
-"""The weights component written (``latent_restore.weights.Component.COLORIZE``)."""
 
 
 class ColorizePhase(str, enum.Enum):
@@ -189,7 +187,7 @@ class ColorizeTask(TrainTask):
         }
 
     def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
-        return {COLORIZE_COMPONENT: models["generator"]}
+        return {Component.COLORIZE: models["generator"]}
 
 
 def build_colorize_task(config: ColorizeTrainingConfig, device: torch.device) -> ColorizeTask:

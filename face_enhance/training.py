@@ -25,6 +25,7 @@ from face_enhance.generator import (
     apply_spectral_norm,
     remove_spectral_norm,
 )
+from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.degradations import DegradationConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
@@ -78,7 +79,7 @@ class FaceTrainingConfig:
     """Everything ``scripts/train_face.py`` reads.
 
     Attributes:
-        component: weights component to write (a ``latent_restore.weights.Component`` value);
+        component: weights component to write (a :class:`~latent_restore.core.components.Component` value);
             ``None``: face_256, or face_512 when ``model.load_size`` is 512 or more.
         spectral_norm: train the residual convolutions with spectral normalisation.
     """
@@ -165,7 +166,7 @@ class FaceTask(TrainTask):
         generator = remove_spectral_norm(copy.deepcopy(models["generator"])).eval()
         component = self.config.component
         if component is None:
-            component = "face_512" if self.config.model.load_size >= 512 else "face_256"
+            component = Component.FACE_512 if self.config.model.load_size >= 512 else Component.FACE_256
         return {component: generator}
 
 

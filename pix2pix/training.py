@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.degradations import DegradationConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
@@ -29,9 +30,6 @@ from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, 
 from latent_restore.core.unet import UNetConfig
 from pix2pix.data import DegradedPairDataset
 from pix2pix.generator import Pix2PixGenerator
-
-PIX2PIX_COMPONENT = "pix2pix"
-"""The weights component written (``latent_restore.weights.Component.PIX2PIX``)."""
 
 
 def patchgan_config() -> DiscriminatorConfig:
@@ -175,7 +173,7 @@ class Pix2PixTask(TrainTask):
         return {"degraded": degraded, "restored": self.models["generator"](degraded), "clean": clean}
 
     def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
-        return {PIX2PIX_COMPONENT: models["generator"]}
+        return {Component.PIX2PIX: models["generator"]}
 
 
 def build_pix2pix_task(config: Pix2PixTrainingConfig, device: torch.device) -> Pix2PixTask:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.data import CleanImageDataset
 from latent_restore.core.degradations import DegradationConfig
@@ -41,9 +42,8 @@ class Domain(str, enum.Enum):
     B = "B"
 
 
-COMPONENTS = {Domain.A: ("vae_a",), Domain.B: ("vae_b_quality", "vae_b_scratch")}
-"""Weights-directory names (``latent_restore.weights.Component`` values) a run of each domain may
-write; the first is the default. Names, not the enum: stage packages import only the core."""
+COMPONENTS = {Domain.A: (Component.VAE_A,), Domain.B: (Component.VAE_B_QUALITY, Component.VAE_B_SCRATCH)}
+"""Weights components a run of each domain may write; the first is the default."""
 
 
 @dataclasses.dataclass
@@ -166,12 +166,14 @@ class VAETask(TrainTask):
             raise ConfigError(f"data.crop_size must be a multiple of {config.model.multiple}")
         if not config.data.clean_dirs and config.domain is Domain.B:
             raise ConfigError("data.clean_dirs is empty")
-        if config.component is not None and config.component not in COMPONENTS[config.domain]:
+        allowed = COMPONENTS[config.domain]
+        if config.component is not None and config.component not in allowed:
             raise ConfigError(
-                f"component of a domain {config.domain.value} VAE is one of {COMPONENTS[config.domain]}"
+                f"component of a domain {config.domain.value} VAE is one of {tuple(c.value for c in allowed)}"
             )
         self.config = config
         self.domain = config.domain
+        self.component = allowed[0] if config.component is None else Component(config.component)
         loss = config.loss
         self.models = {
             "generator": NoisyVAE(VAE(config.model), loss.latent_noise_std),
@@ -268,7 +270,7 @@ class VAETask(TrainTask):
         return {"input": image, "reconstruction": self.models["generator"].vae(image)}
 
     def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
-        return {self.config.component or COMPONENTS[self.domain][0]: models["generator"].vae}
+        return {self.component: models["generator"].vae}
 
 
 def build_task(config: VAETrainingConfig, device: torch.device) -> VAETask:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from latent_restore.core.checkpoint import load_component
+from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.degradations import DegradationConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
@@ -49,20 +50,21 @@ class MappingVariant(str, enum.Enum):
     PATCH_ATTENTION = "patch_attention"
 
 
-VARIANTS: dict[MappingVariant, tuple[type, type[nn.Module], str]] = {
-    MappingVariant.PLAIN: (MappingConfig, MappingNetwork, "mapping_quality"),
-    MappingVariant.NONLOCAL: (NonLocalMappingConfig, NonLocalMappingNetwork, "mapping_scratch"),
-    MappingVariant.PATCH_ATTENTION: (PatchAttentionMappingConfig, PatchAttentionMappingNetwork, "mapping_hr"),
+VARIANTS: dict[MappingVariant, tuple[type, type[nn.Module], Component]] = {
+    MappingVariant.PLAIN: (MappingConfig, MappingNetwork, Component.MAPPING_QUALITY),
+    MappingVariant.NONLOCAL: (NonLocalMappingConfig, NonLocalMappingNetwork, Component.MAPPING_SCRATCH),
+    MappingVariant.PATCH_ATTENTION: (
+        PatchAttentionMappingConfig,
+        PatchAttentionMappingNetwork,
+        Component.MAPPING_HR,
+    ),
 }
-"""Per variant: its config class, its network and the weights component it becomes (a
-``latent_restore.weights.Component`` value; stage packages import only the core)."""
+"""Per variant: its config class, its network and the weights component it becomes by default."""
 
-SCRATCH_DETECTOR_COMPONENT = "scratch_detector"
-
-DECODER_COMPONENTS = ("vae_b_quality", "vae_b_scratch")
+DECODER_COMPONENTS = (Component.VAE_B_QUALITY, Component.VAE_B_SCRATCH)
 """Components a mapping run may write VAE B under when it fine-tunes the decoder."""
 
-ENCODER_COMPONENT = "vae_a"
+ENCODER_COMPONENT = Component.VAE_A
 """Component a mapping run writes VAE A under when it fine-tunes the encoder."""
 
 
@@ -205,11 +207,11 @@ class MappingTask(TrainTask):
         }
         if config.decoder_component is not None:
             if config.decoder_component not in DECODER_COMPONENTS:
-                raise ConfigError(f"decoder_component is one of {DECODER_COMPONENTS}")
+                raise ConfigError(f"decoder_component is one of {tuple(c.value for c in DECODER_COMPONENTS)}")
             self.models["decoder"] = self.vae_b.decoder.requires_grad_(True)
         if config.encoder_component is not None:
             if config.encoder_component != ENCODER_COMPONENT:
-                raise ConfigError(f"encoder_component is {ENCODER_COMPONENT!r} or null")
+                raise ConfigError(f"encoder_component is {ENCODER_COMPONENT.value!r} or null")
             self.models["encoder"] = self.vae_a.encoder.requires_grad_(True)
         optim = config.optim
         if config.loss.ttur:
@@ -313,9 +315,9 @@ class MappingTask(TrainTask):
         component = self.config.component or VARIANTS[self.config.variant][2]
         weights = {component: models["mapping"]}
         if self.config.decoder_component is not None:
-            weights[self.config.decoder_component] = self.vae_b
+            weights[Component(self.config.decoder_component)] = self.vae_b
         if self.config.encoder_component is not None:
-            weights[self.config.encoder_component] = self.vae_a
+            weights[ENCODER_COMPONENT] = self.vae_a
         return weights
 
 
@@ -404,7 +406,7 @@ class ScratchTask(TrainTask):
         return {"image": image, "predicted": predicted, "mask": mask * 2 - 1}
 
     def final_weights(self, models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
-        return {SCRATCH_DETECTOR_COMPONENT: models["detector"]}
+        return {Component.SCRATCH_DETECTOR: models["detector"]}
 
 
 def build_scratch_task(config: ScratchTrainingConfig, device: torch.device) -> ScratchTask:

@@ -19,15 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from latent_restore.core.imaging import IMAGE_EXTENSIONS, ImageReadError, decode_image
 from latent_restore.core.splits import split
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-"""File suffixes (lower-case) treated as images."""
 
 _PERMUTATION_TAG = 0x5045524D
 """Extra SeedSequence word so file-order permutations never share a stream with per-sample generators."""
@@ -65,25 +62,16 @@ def load_rgb(path: str | Path) -> np.ndarray:
     The EXIF orientation is applied (phone and scanner images are often stored rotated); 16-bit
     and 32-bit integer images are scaled to 8 bits rather than clipped; transparency is composited
     over white, as a print would show it; palette, CMYK, LAB etc. go through PIL's RGB conversion.
+    The decoding is the pipeline's (:func:`~latent_restore.core.imaging.decode_image`, as in
+    :func:`~latent_restore.core.imaging.read_photo`).
 
     Raises:
-        OSError: the file cannot be read or decoded (``PIL.UnidentifiedImageError`` included).
+        OSError: the file cannot be read or decoded (the message says why).
     """
-    with Image.open(path) as opened:
-        image = ImageOps.exif_transpose(opened)
-        image.load()
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        peak = 255.0 if values.max(initial=0) <= 255 else 65535.0
-        gray = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    try:
+        return decode_image(path).to_rgb8()
+    except ImageReadError as exc:
+        raise OSError(f"cannot read image {path}: {exc}") from exc
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

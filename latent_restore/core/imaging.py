@@ -79,7 +79,9 @@ def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # --------------------------------------------------------------------------- reading and writing photos
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+"""File suffixes (lower-case) treated as images, by the batch restorer and the training folders."""
 _CV2_DEPTH_EXTENSIONS = frozenset({".png", ".tif", ".tiff"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageReadError(ValueError):
@@ -112,10 +114,64 @@ class Photo:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
+@dataclass
+class DecodedImage:
+    """An upright decoded image in the file's own value range: the one decoding path.
+
+    :func:`read_photo` turns it into a float :class:`Photo`; ``latent_restore.core.data.load_rgb``
+    into 8-bit RGB over white (:meth:`to_rgb8`) without a float round trip for plain 8-bit files.
+
+    Attributes:
+        color: ``H x W x 3`` (``H x W x 1`` for gray) values; ``color / peak`` is the intensity in
+            [0, 1] (clipped to it for signed and float data).
+        alpha: ``H x W`` on the same scale, or None when the image is opaque.
+        peak: the value of full intensity (255 or 65535).
+        gray_file, icc_profile, exif, bit_depth: as in :class:`Photo`.
+    """
+
+    color: np.ndarray
+    alpha: np.ndarray | None
+    peak: float
+    gray_file: bool
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    bit_depth: int = 8
+
+    def _unit(self, values: np.ndarray) -> np.ndarray:
+        out = values.astype(np.float32) / self.peak
+        if not (values.dtype.kind == "u" and values.dtype.itemsize <= 2):
+            np.clip(out, 0, 1, out=out)
+        return out
+
+    def to_photo(self) -> Photo:
+        """Float32 RGB (and alpha) in [0, 1]."""
+        rgb = self._unit(self.color)
+        if rgb.shape[2] == 1:
+            rgb = np.repeat(rgb, 3, axis=2)
+        alpha = None if self.alpha is None else self._unit(self.alpha)
+        return Photo(rgb, alpha, self.gray_file, self.icc_profile, self.exif, self.bit_depth)
+
+    def to_rgb8(self) -> np.ndarray:
+        """``H x W x 3`` uint8 RGB, transparency composited over white, deeper values rounded to 8 bits."""
+        if self.alpha is None and self.color.dtype == np.uint8:
+            rgb = self.color
+        else:
+            rgb = self._unit(self.color)
+            if self.alpha is not None:
+                alpha = self._unit(self.alpha)[..., None]
+                rgb = rgb * alpha + (1.0 - alpha)
+            rgb = quantize(rgb)
+        if rgb.shape[2] == 1:
+            rgb = np.repeat(rgb, 3, axis=2)
+        return np.ascontiguousarray(rgb)
+
+
 def _read_deep(path: Path, data: bytes) -> np.ndarray | None:
     """16-bit colour PNG/TIFF pixels (PIL decodes those only to 8 bits); None for 8-bit files."""
     if path.suffix.lower() not in _CV2_DEPTH_EXTENSIONS:
         return None
+    if data.startswith(_PNG_SIGNATURE) and len(data) > 24 and data[24] != 16:
+        return None  # the IHDR bit depth says 8 bits or fewer: no second decode
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None or array.dtype != np.uint16 or array.ndim != 3:
         return None
@@ -123,36 +179,37 @@ def _read_deep(path: Path, data: bytes) -> np.ndarray | None:
     return cv2.cvtColor(array, code)
 
 
-def _pil_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
+def _pil_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, float, bool, int]:
+    """``(color, alpha, peak, gray_file, bit_depth)`` of an upright PIL image (see :class:`DecodedImage`)."""
     mode = image.mode
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
         mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        gray = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if mode.startswith("I;16") or gray.max(initial=0) > 255 else 255.0
-        gray = np.clip(gray / scale, 0, 1).astype(np.float32)
-        return np.repeat(gray[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8
+        gray = np.asarray(image)
+        peak = 65535.0 if mode.startswith("I;16") or gray.max(initial=0) > 255 else 255.0
+        return gray[..., None], None, peak, True, 16 if peak > 255 else 8
     if mode == "F":
-        gray = np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0, 1)
-        return np.repeat(gray[..., None], 3, axis=2), None, True, 8
-    if mode in ("1", "L", "LA", "La", "PA"):
-        la = np.asarray(image.convert("LA"), dtype=np.float32) / 255.0
-        alpha = la[..., 1] if mode in ("LA", "La", "PA") else None
-        return np.repeat(la[..., :1], 3, axis=2), alpha, True, 8
+        return np.asarray(image, dtype=np.float32)[..., None], None, 255.0, True, 8
+    if mode in ("LA", "La"):
+        la = np.asarray(image.convert("LA"))
+        return la[..., :1], la[..., 1], 255.0, True, 8
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"))[..., None], None, 255.0, True, 8
     if mode in ("RGBA", "RGBa"):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        return rgba[..., :3].copy(), rgba[..., 3].copy(), False, 8
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0, None, False, 8
+        rgba = np.asarray(image.convert("RGBA"))
+        return rgba[..., :3], rgba[..., 3], 255.0, False, 8
+    return np.asarray(image.convert("RGB")), None, 255.0, False, 8
 
 
-def read_photo(path: str | os.PathLike[str]) -> Photo:
-    """Decode a photo file completely, upright (EXIF orientation applied), as float RGB in [0, 1].
+def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
+    """Decode an image file completely, upright (EXIF orientation applied), in its own value range.
 
     Handles 8/16-bit, gray, palette, RGBA and CMYK files. Never writes to ``path``.
 
     Raises:
         ImageReadError: empty, truncated or undecodable files, with the reason.
+        OSError: the file cannot be read.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -164,7 +221,7 @@ def read_photo(path: str | os.PathLike[str]) -> Photo:
             upright = ImageOps.exif_transpose(opened)
             icc = opened.info.get("icc_profile")
             exif = upright.info.get("exif") or None
-            rgb, alpha, gray, depth = _pil_to_arrays(upright)
+            color, alpha, peak, gray, depth = _pil_pixels(upright)
             orientation_changed = opened.getexif().get(0x0112, 1) not in (0, 1)
     except UnidentifiedImageError:
         raise ImageReadError("not an image file (unknown format)") from None
@@ -174,19 +231,29 @@ def read_photo(path: str | os.PathLike[str]) -> Photo:
         raise ImageReadError(f"cannot decode: {exc}") from None
     deep = _read_deep(path, data)
     if deep is not None and not orientation_changed:
-        scaled = deep.astype(np.float32) / 65535.0
-        rgb, depth = scaled[..., :3].copy(), 16
-        alpha = scaled[..., 3].copy() if scaled.shape[2] == 4 else None
-    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        color, peak, depth = deep[..., :3], 65535.0, 16
+        alpha = deep[..., 3] if deep.shape[2] == 4 else None
+    if color.shape[0] < 1 or color.shape[1] < 1:
         raise ImageReadError("image has no pixels")
-    return Photo(rgb, alpha, gray, icc, exif, depth)
+    return DecodedImage(color, alpha, peak, gray, icc, exif, depth)
+
+
+def read_photo(path: str | os.PathLike[str]) -> Photo:
+    """Decode a photo file completely, upright (EXIF orientation applied), as float RGB in [0, 1].
+
+    Handles 8/16-bit, gray, palette, RGBA and CMYK files. Never writes to ``path``.
+
+    Raises:
+        ImageReadError: empty, truncated or undecodable files, with the reason.
+    """
+    return decode_image(path).to_photo()
 
 
 def photo_from_array(image: np.ndarray | Image.Image) -> Photo:
     """Wrap an in-memory image (uint8/uint16/float ``H x W [x C]`` array or PIL image) as a :class:`Photo`."""
     if isinstance(image, Image.Image):
-        rgb, alpha, gray, depth = _pil_to_arrays(ImageOps.exif_transpose(image))
-        return Photo(rgb, alpha, gray, image.info.get("icc_profile"), None, depth)
+        color, alpha, peak, gray, depth = _pil_pixels(ImageOps.exif_transpose(image))
+        return DecodedImage(color, alpha, peak, gray, image.info.get("icc_profile"), None, depth).to_photo()
     array = np.asarray(image)
     if array.dtype == np.uint8:
         scaled, depth = array.astype(np.float32) / 255.0, 8
