@@ -69,8 +69,8 @@ class Precision(str, enum.Enum):
     ``fp64`` runs everything in float64: far too slow for real training, it exists for numerical
     checks. Float32 rounding noise is amplified by Adam (whose first steps move every weight by
     about ``lr * sign(grad)``, even where the true gradient is zero, as for a convolution's bias
-    in front of an instance norm) and by instance norm on flat crops; in float64 two runs that
-    differ only in summation order (one process against DDP, say) stay equal to ~1e-12.
+    in front of an instance norm); in float64 two runs that differ only in summation order (one
+    process against DDP, say) end a few steps within ~1e-8 of each other.
     """
 
     FP32 = "fp32"
