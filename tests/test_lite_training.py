@@ -198,14 +198,19 @@ def test_default_recipe_is_unchanged() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in LITE.glob("*.yaml")))
 def test_lite_configs_resolve_and_exclude_held_out(name: str) -> None:
-    cls = {"vae": VAETrainingConfig, "mapping": MappingTrainingConfig, "scratch": ScratchTrainingConfig}.get(
-        name.split("_")[0].split(".")[0]
-    )
-    if cls is None:
-        from face_enhance.training import FaceTrainingConfig
+    from colorize.training import ColorizeTrainingConfig
+    from face_enhance.training import FaceTrainingConfig
+    from pix2pix.training import Pix2PixTrainingConfig
 
-        cls = FaceTrainingConfig
-    config = load_config(cls, LITE / name)
+    classes = {
+        "vae": VAETrainingConfig,
+        "mapping": MappingTrainingConfig,
+        "scratch": ScratchTrainingConfig,
+        "face": FaceTrainingConfig,
+        "pix2pix": Pix2PixTrainingConfig,
+        "colorize": ColorizeTrainingConfig,
+    }
+    config = load_config(classes[name.split("_")[0].split(".")[0]], LITE / name)
     if hasattr(config.data, "exclude_held_out"):
         assert config.data.exclude_held_out
         assert config.data.clean_dirs == ["../shared/data/clean"]
