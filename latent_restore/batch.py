@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from latent_restore.core.imaging import IMAGE_EXTENSIONS, ImageReadError, encode_png, read_photo, write_atomic
+from latent_restore.core.atomic import remove_stale_temporaries, write_atomic
+from latent_restore.core.imaging import IMAGE_EXTENSIONS, ImageReadError, encode_png, read_photo
 from latent_restore.pipeline import RestorationOptions, RestorationPipeline
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ def run_batch(
     bar = tqdm(photos, desc="photos", unit="photo", disable=not show_progress)
     for relative in bar:
         source, target = root / relative, output_dir / names[relative]
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):
-            stale.unlink(missing_ok=True)  # left by an interrupted earlier run
+        if target.parent.is_dir():
+            remove_stale_temporaries(target.parent)  # left by an interrupted earlier run
         if target.exists() and not overwrite:
             summary.already_done.append(source)
             continue

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_restore.core.atomic import write_atomic
 from latent_restore.core.config import config_to_dict
 from latent_restore.core.data import list_images, load_rgb
 from latent_restore.core.degradations import DegradationConfig, sample_degradation
@@ -66,21 +66,11 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_png(path: Path, image: np.ndarray) -> None:
     """Atomically write an ``H x W x 3`` RGB or ``H x W`` gray uint8 array as PNG."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
-    _atomic_write(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def fit_thumbnail(image: np.ndarray, size: int) -> np.ndarray:
@@ -233,7 +223,7 @@ def degrade_folder(
         write_png(summary.contact_sheet, make_contact_sheet(thumbs, thumb_size, sheet_columns))
     summary.params_file = output_dir / PARAMS_FILE
     record = {"seed": int(seed), "config": config_to_dict(config), "images": records}
-    _atomic_write(summary.params_file, json.dumps(record, indent=1).encode("utf-8"))
+    write_atomic(summary.params_file, json.dumps(record, indent=1).encode("utf-8"))
     logger.info(
         "degraded %d image(s) into %s (%d skipped)", len(summary.written), output_dir, len(summary.skipped)
     )

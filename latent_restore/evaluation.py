@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from latent_restore.core.atomic import write_atomic
 from latent_restore.core.data import center_square_resize, list_images, load_rgb, sample_rng
 from latent_restore.core.degradations import DegradationConfig, sample_degradation, with_defects
-from latent_restore.core.imaging import encode_png, quantize, write_atomic
+from latent_restore.core.imaging import encode_png, quantize
 from latent_restore.core.splits import split
 from latent_restore.metrics import MaskCounts, psnr, ssim
 from latent_restore.pipeline import RestorationOptions, RestorationPipeline

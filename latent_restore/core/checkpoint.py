@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from latent_restore.core.atomic import write_atomic
 from latent_restore.core.config import ConfigError, config_from_dict, config_to_dict
 
 logger = logging.getLogger(__name__)
@@ -106,17 +106,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(dict(state_dict), strict=True)
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_component(
     model: nn.Module, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None
 ) -> Path:
@@ -136,7 +125,7 @@ def save_component(
         k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
         for k, v in model.state_dict().items()
     }
-    _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     meta = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
@@ -145,7 +134,7 @@ def save_component(
     if extra:
         meta["extra"] = extra
     text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
-    _write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return directory
 
 

@@ -36,7 +36,6 @@ import os
 import random
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -53,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from latent_restore.core import dist
+from latent_restore.core.atomic import write_atomic
 from latent_restore.core.checkpoint import save_component
 from latent_restore.core.config import ConfigError, dump_config_yaml, load_config
 
@@ -331,18 +331,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill mid-write leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through the atomic writer: a kill mid-write leaves the old file intact."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 class RunLogger:
