@@ -1,26 +1,43 @@
 """Restore a folder (or one file) of photos: sorted inputs, finished photos skipped, every failure counted.
 
-Inputs are never modified. Each output is written to a temporary file and renamed, so a run that
-is interrupted — even by SIGKILL — leaves only complete photos, and the next run continues with
-the photos that are not done yet.
+Inputs are never modified, and never written to whatever the flags (:mod:`latent_restore.core.
+output_rules`). Each output is written to a temporary file and renamed, so a run that is
+interrupted — even by SIGKILL — leaves only complete photos, and the next run continues with the
+photos that are not done yet. Every restored PNG carries a record of what made it (options and
+weights identity, in a text chunk), so a rerun with other options redoes the photo instead of
+calling it done. Ctrl-C stops after the current photo and still prints the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import signal
+import stat
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from latent_restore.core.atomic import remove_stale_temporaries, write_atomic
 from latent_restore.core.imaging import IMAGE_EXTENSIONS, ImageReadError, encode_png, read_photo
+from latent_restore.core.output_rules import check_inputs_untouched, check_output_dir, is_inside
 from latent_restore.pipeline import RestorationOptions, RestorationPipeline
 
 logger = logging.getLogger(__name__)
+
+RECORD_KEY = "latent-restore"
+"""PNG text chunk holding the JSON record of what produced a restored photo."""
+STAGES_DIR = ".stages"
+"""Where ``--save-stages`` writes: a hidden folder, and hidden inputs are never restored, so no
+output path can ever fall inside it."""
 
 
 @dataclass
@@ -30,19 +47,27 @@ class BatchSummary:
     restored: list[Path] = field(default_factory=list)
     already_done: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
-        """0 only when every photo is restored (now or by an earlier run)."""
-        return 1 if self.failed else 0
+        """130 after Ctrl-C; else 0 only when every photo is restored (now or by an earlier run)."""
+        if self.interrupted:
+            return 130
+        return 1 if self.failed or self.skipped else 0
 
     def report(self) -> str:
         lines = [
             f"restored {len(self.restored)}, already done {len(self.already_done)}, "
-            f"failed {len(self.failed)}, ignored {len(self.ignored)} (hidden or not an image)"
+            f"failed {len(self.failed)}, skipped {len(self.skipped)}, "
+            f"ignored {len(self.ignored)} (hidden or not an image)"
         ]
+        if self.interrupted:
+            lines.insert(0, "interrupted: stopped after the current photo; rerun to continue")
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
+        lines += [f"  skipped: {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
 
 
@@ -50,28 +75,76 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def collect_inputs(path: Path, recursive: bool = False) -> tuple[Path, list[Path], list[Path]]:
+def _not_a_regular_file(file: Path) -> str | None:
+    """Why ``file`` (named like an image) cannot be read as one, or None when it is a plain file."""
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        return "dangling symbolic link" if file.is_symlink() else "vanished"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return ""  # a folder named like an image: walked (recursive) or ignored, never a photo
+    kind = "named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "device or socket"
+    return f"not a regular file: {kind}"
+
+
+@dataclass
+class Inputs:
+    """The photos of a run, relative to ``root``, and the rest of what was found."""
+
+    root: Path
+    photos: list[Path]
+    ignored: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def find_inputs(path: Path, recursive: bool = False, exclude: Path | None = None) -> Inputs:
     """Photos under ``path`` (a folder or one file), by sorted relative path.
 
-    Returns:
-        ``(root, photos, ignored)``: ``photos`` and ``ignored`` are relative to ``root``; hidden files
-        and files without an image extension are ignored (not failures).
+    Hidden files and files without an image extension are ignored (not failures); files named
+    like images that are not regular files (dangling links, FIFOs, devices) are skipped with a
+    reason and never opened (a FIFO would block the run); ``exclude`` (the output folder, when it
+    lies inside the input tree) is never read.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
     """
     if path.is_file():
-        return path.parent, [Path(path.name)], []
+        return Inputs(path.parent, [Path(path.name)], [], [])
     if not path.is_dir():
+        if path.is_symlink() or path.exists():
+            reason = _not_a_regular_file(path) or "not a photo"
+            return Inputs(path.parent, [], [], [(Path(path.name), reason)])
         raise FileNotFoundError(f"{path} does not exist")
     candidates = path.rglob("*") if recursive else path.iterdir()
-    photos, ignored = [], []
+    photos, ignored, skipped = [], [], []
     for file in candidates:
-        if not file.is_file():
-            continue
         relative = file.relative_to(path)
-        if _hidden(relative) or file.suffix.lower() not in IMAGE_EXTENSIONS:
-            ignored.append(relative)
-        else:
+        if exclude is not None and is_inside(file, exclude):
+            continue
+        if _hidden(relative):
+            if not file.is_dir():
+                ignored.append(relative)
+            continue
+        if file.suffix.lower() not in IMAGE_EXTENSIONS:
+            if file.is_file():
+                ignored.append(relative)
+            continue
+        reason = _not_a_regular_file(file)
+        if reason is None:
             photos.append(relative)
-    return path, sorted(photos, key=lambda p: p.as_posix()), sorted(ignored)
+        elif reason:
+            skipped.append((relative, reason))
+    return Inputs(path, sorted(photos, key=Path.as_posix), sorted(ignored), sorted(skipped))
+
+
+def collect_inputs(path: Path, recursive: bool = False) -> tuple[Path, list[Path], list[Path]]:
+    """``(root, photos, ignored)`` of :func:`find_inputs` (kept for callers that need no reasons)."""
+    found = find_inputs(path, recursive)
+    return found.root, found.photos, found.ignored + [p for p, _ in found.skipped]
 
 
 def shard(items: list[Path], index: int, count: int) -> list[Path]:
@@ -81,21 +154,47 @@ def shard(items: list[Path], index: int, count: int) -> list[Path]:
     return items[index::count]
 
 
+def _key(path: Path) -> str:
+    # Case-insensitive file systems (macOS, Windows) would merge names that differ only in case.
+    return path.as_posix().casefold()
+
+
 def output_names(photos: Iterable[Path]) -> dict[Path, Path]:
-    """``a/b.jpg -> a/b.png``; photos sharing a stem in one folder keep their extension (``b.jpg.png``)."""
-    photos = list(photos)
-    stems: dict[Path, int] = {}
+    """An injective map ``photo -> output``: ``a/b.jpg -> a/b.png`` when that is unambiguous.
+
+    Photos whose ``<stem>.png`` would clash (``b.jpg`` and ``b.png``, or ``b.jpg`` and
+    ``b.jpg.png``, or names that differ only in case) keep their whole name (``b.jpg.png``); any
+    clash left after that gets a numbered suffix (``b.jpg~2.png``). Clashes are logged.
+    """
+    photos = sorted(photos, key=Path.as_posix)
+    preferred: dict[str, list[Path]] = {}
     for p in photos:
-        key = p.with_suffix("")
-        stems[key] = stems.get(key, 0) + 1
-    return {
-        p: (p.with_name(p.name + ".png") if stems[p.with_suffix("")] > 1 else p.with_suffix(".png"))
+        preferred.setdefault(_key(p.with_suffix(".png")), []).append(p)
+    names = {
+        p: (
+            p.with_suffix(".png")
+            if len(preferred[_key(p.with_suffix(".png"))]) == 1
+            else p.with_name(p.name + ".png")
+        )
         for p in photos
     }
+    taken: dict[str, Path] = {}
+    for p in photos:
+        name, n = names[p], 1
+        while _key(name) in taken:
+            n += 1
+            name = p.with_name(f"{p.name}~{n}.png")
+        taken[_key(name)] = p
+        if name != p.with_suffix(".png"):
+            logger.info(
+                "%s -> %s (another input would also be written as %s)", p, name, p.with_suffix(".png")
+            )
+        names[p] = name
+    return names
 
 
 def check_writable(directory: Path) -> None:
-    """Fail before any work when results could not be written."""
+    """Fail before any work when results could not be written (creates ``directory``)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
@@ -104,6 +203,65 @@ def check_writable(directory: Path) -> None:
         raise PermissionError(
             f"cannot write to the output folder {directory}: {exc.strerror or exc}"
         ) from exc
+
+
+def _existing_ancestor_writable(directory: Path) -> None:
+    """Check, without creating anything, that ``directory`` could be made and written."""
+    probe = directory.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to the output folder {directory}: {probe} is not writable")
+
+
+def read_record(path: Path) -> dict | None:
+    """The record of a restored PNG, None when it has none (not written by this package, or older)."""
+    try:
+        with Image.open(path) as image:
+            text = image.info.get(RECORD_KEY)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if not isinstance(text, str):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class _StopAfterCurrent:
+    """SIGINT sets a flag the loop reads between photos; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopAfterCurrent:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupted: finishing the current photo (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@contextlib.contextmanager
+def _progress(photos: list[Path], show: bool) -> Iterator[tqdm]:
+    # Log lines go through tqdm.write while the bar is shown, so they never land on the bar's line.
+    with logging_redirect_tqdm(loggers=[logging.getLogger()]) if show else contextlib.nullcontext():
+        bar = tqdm(photos, desc="photos", unit="photo", disable=not show)
+        try:
+            yield bar
+        finally:
+            bar.close()
 
 
 def run_batch(
@@ -118,49 +276,118 @@ def run_batch(
     shard_count: int = 1,
     show_progress: bool = True,
 ) -> BatchSummary:
-    """Restore every photo under ``input_path`` into ``output_dir/<relative stem>.png``."""
-    output_dir = Path(output_dir)
-    root, photos, ignored = collect_inputs(Path(input_path), recursive)
-    check_writable(output_dir)
+    """Restore every photo under ``input_path`` into ``output_dir/<relative stem>.png``.
+
+    Everything that can be checked is checked before the output folder is created: the inputs,
+    the output location rules, the weights (loaded and checked for fit) and writability.
+
+    Raises:
+        FileNotFoundError: no such input.
+        OutputLocationError: the output folder is the input folder, or an output would be an input.
+        WeightsNotFoundError, CheckpointError: the weights cannot serve ``options``.
+        PermissionError: the output folder cannot be written.
+    """
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    if input_path.is_dir():
+        check_output_dir(input_path, output_dir)
+    found = find_inputs(input_path, recursive, exclude=output_dir if input_path.is_dir() else None)
+    root = found.root
+    names = output_names(found.photos)
+    planned = [output_dir / n for n in names.values()]
+    check_inputs_untouched(planned, [root / p for p in found.photos])
     pipeline.check_ready(options)
-    names = output_names(photos)
-    photos = shard(photos, shard_index, shard_count)
-    summary = BatchSummary(ignored=[root / p for p in ignored])
+    _existing_ancestor_writable(output_dir)
+    photos = shard(found.photos, shard_index, shard_count)
+    summary = BatchSummary(
+        ignored=[root / p for p in found.ignored], skipped=[(root / p, r) for p, r in found.skipped]
+    )
+    for path, reason in summary.skipped:
+        logger.warning("%s: skipped: %s", path, reason)
+    if not photos:
+        return summary
+    check_writable(output_dir)
     options.return_stages = options.return_stages or save_stages
-    bar = tqdm(photos, desc="photos", unit="photo", disable=not show_progress)
-    for relative in bar:
-        source, target = root / relative, output_dir / names[relative]
-        if target.parent.is_dir():
+    run = _Run(pipeline, root, output_dir, names, options, overwrite, save_stages, summary)
+    with _StopAfterCurrent() as stop, _progress(photos, show_progress) as bar:
+        try:
+            for relative in bar:
+                if stop.requested:
+                    break
+                run.restore(relative, bar)
+        except KeyboardInterrupt:  # the second Ctrl-C: the current photo is abandoned, nothing half-written
+            pass
+        summary.interrupted = stop.requested
+    return summary
+
+
+class _Run:
+    """The per-photo work of one :func:`run_batch` call."""
+
+    def __init__(
+        self,
+        pipeline: RestorationPipeline,
+        root: Path,
+        output_dir: Path,
+        names: dict[Path, Path],
+        options: RestorationOptions,
+        overwrite: bool,
+        save_stages: bool,
+        summary: BatchSummary,
+    ) -> None:
+        self.pipeline, self.root, self.output_dir, self.names = pipeline, root, output_dir, names
+        self.options, self.overwrite, self.save_stages = options, overwrite, save_stages
+        self.summary = summary
+        self.record = pipeline.record(options)
+        self.record_text = json.dumps(self.record, sort_keys=True)
+        self.cleaned: set[Path] = set()
+
+    def _needed(self, source: Path, target: Path) -> bool:
+        """False when ``target`` is already this run's result, or is a file this package did not make."""
+        if target.parent not in self.cleaned and target.parent.is_dir():
             remove_stale_temporaries(target.parent)  # left by an interrupted earlier run
-        if target.exists() and not overwrite:
-            summary.already_done.append(source)
-            continue
+            self.cleaned.add(target.parent)
+        if not target.exists() or self.overwrite:
+            return True
+        previous = read_record(target)
+        if previous == self.record:
+            self.summary.already_done.append(source)
+            return False
+        if previous is None:
+            reason = f"{target} exists and was not made by latent-restore (--overwrite replaces it)"
+            self.summary.skipped.append((source, reason))
+            logger.warning("%s: skipped: %s", source, reason)
+            return False
+        logger.info("%s: redoing: %s was made with other options or weights", source, target)
+        return True
+
+    def restore(self, relative: Path, bar: tqdm) -> None:
+        source, target = self.root / relative, self.output_dir / self.names[relative]
+        if not self._needed(source, target):
+            return
         bar.set_postfix_str(relative.as_posix()[-40:])
-        pipeline.stage_callback = lambda stage, name=relative.name: bar.set_postfix_str(
+        self.pipeline.stage_callback = lambda stage, name=relative.name: bar.set_postfix_str(
             f"{name[-30:]}: {stage}"
         )
         try:
-            photo = read_photo(source)
-            result = pipeline(photo, options)
-            gray = photo.gray_file and not options.colorize  # a colorized gray file is written in colour
-            data = encode_png(result.image, result.alpha, gray, photo.icc_profile, photo.exif)
+            photo = read_photo(source, max_pixels=self.pipeline.max_pixels)
+            result = self.pipeline(photo, self.options)
+            gray = photo.gray_file and not self.options.colorize  # a colorized gray file is written in colour
+            text = {RECORD_KEY: self.record_text}
+            data = encode_png(result.image, result.alpha, gray, photo.icc_profile, photo.exif, text)
             write_atomic(target, data)
-            if save_stages:
+            if self.save_stages:
                 for stage, image in result.stages.items():
-                    write_atomic(
-                        output_dir / "stages" / stage / names[relative],
-                        encode_png(image, gray=image.ndim == 2),
-                    )
+                    stage_path = self.output_dir / STAGES_DIR / stage / self.names[relative]
+                    write_atomic(stage_path, encode_png(image, gray=image.ndim == 2))
         except ImageReadError as exc:
-            summary.failed.append((source, str(exc)))
+            self.summary.failed.append((source, str(exc)))
             logger.warning("%s: skipped: %s", source, exc)
-            continue
+            return
         except Exception as exc:  # one photo's failure must not stop the batch
-            summary.failed.append((source, f"{type(exc).__name__}: {exc}"))
+            self.summary.failed.append((source, f"{type(exc).__name__}: {exc}"))
             logger.error("%s: failed: %s", source, exc)
-            continue
+            return
         finally:
-            pipeline.stage_callback = None
-        summary.restored.append(source)
+            self.pipeline.stage_callback = None
+        self.summary.restored.append(source)
         logger.info("%s -> %s (%s)", relative, target, result.path)
-    return summary

@@ -36,6 +36,7 @@ from latent_restore.core.atomic import write_atomic
 from latent_restore.core.config import config_to_dict
 from latent_restore.core.data import list_images, load_rgb
 from latent_restore.core.degradations import DegradationConfig, sample_degradation
+from latent_restore.core.output_rules import check_inputs_untouched, check_output_dir, is_inside
 
 logger = logging.getLogger(__name__)
 
@@ -176,18 +177,11 @@ def degrade_folder(
         raise FileNotFoundError(f"input folder not found: {input_dir}")
     if config.texture.directory is not None and not Path(config.texture.directory).is_dir():
         raise FileNotFoundError(f"texture folder not found: {config.texture.directory}")
-    in_root, out_root = input_dir.resolve(), output_dir.resolve()
-    if in_root == out_root:
-        raise ValueError("the output folder must differ from the input folder")
-    inputs = list_images([input_dir], recursive=recursive)
-    if out_root.is_relative_to(in_root):
-        inputs = [p for p in inputs if not p.resolve().is_relative_to(out_root)]
+    check_output_dir(input_dir, output_dir)
+    inputs = [p for p in list_images([input_dir], recursive=recursive) if not is_inside(p, output_dir)]
     relative = sorted((p.relative_to(input_dir) for p in inputs), key=lambda p: p.as_posix())
     plan = _plan_outputs(relative, output_dir)
-    sources = {(input_dir / rel).resolve() for rel in relative}
-    clash = [p for pair in plan for p in pair if p.resolve() in sources]
-    if clash:
-        raise ValueError(f"output would overwrite input file(s): {[str(p) for p in clash[:5]]}")
+    check_inputs_untouched([p for pair in plan for p in pair], inputs)
 
     summary = DegradeSummary()
     if not relative:

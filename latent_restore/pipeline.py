@@ -13,7 +13,9 @@ faces, and keeps each photo's lightness.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import logging
 import math
 import os
@@ -37,7 +39,6 @@ from latent_restore.weights import Component
 
 logger = logging.getLogger(__name__)
 
-LATENT_MULTIPLE = 4
 MIN_NETWORK_SIDE = 16
 DETECTOR_SHORT_SIDE = 256
 TILE_OVERLAP = 64
@@ -67,6 +68,29 @@ class WeightsNotFoundError(FileNotFoundError):
     """No usable weights; the message says how to get some."""
 
 
+class IncompatibleWeightsError(ValueError):
+    """Components of one weights set that cannot work together (latent channels, downsampling)."""
+
+
+class DeviceNotAvailableError(ValueError):
+    """The asked-for device does not exist on this machine."""
+
+
+BYTES_PER_PIXEL = 96
+"""What the whole-photo arrays of one restoration cost per pixel (float32 input, tensor, padded
+copy, blended tile accumulator, output, tone-mapped copy, quantised and encoded results), on top of
+the tile working set the memory planner bounds; measured peak on a 12 MP photo: see README."""
+
+
+def default_max_pixels(device: torch.device | None = None) -> int:
+    """The largest photo (in pixels) a run accepts by default: half the free memory at ``BYTES_PER_PIXEL``.
+
+    A larger photo is refused from its header, before decoding, instead of driving the machine
+    into swap; ``--max-pixels`` overrides it.
+    """
+    return max(1 << 20, int(available_memory(device or torch.device("cpu")) * 0.5) // BYTES_PER_PIXEL)
+
+
 @dataclass
 class RestorationOptions:
     """What to do with one photo.
@@ -80,6 +104,8 @@ class RestorationOptions:
         return_stages: also return the intermediate images.
         model: the global stage's network; ``pix2pix`` has no scratch, HR or official mode.
         colorize: colorize the result as the last stage (gray photos then come out in colour).
+        face_size: 256 or 512, the face generator to use when both are present; None = 256, or
+            512 under the ``official`` preset with ``hr`` (what the released pipeline does).
     """
 
     with_scratch: bool = False
@@ -90,10 +116,31 @@ class RestorationOptions:
     return_stages: bool = False
     model: RestorationModel = RestorationModel.TWO_VAE
     colorize: bool = False
+    face_size: int | None = None
 
     def __post_init__(self) -> None:
         self.model = RestorationModel(self.model)
         self.preset = Preset(self.preset)
+        if self.face_size not in (None, 256, 512):
+            raise ValueError(f"face_size must be 256 or 512, got {self.face_size}")
+
+    def resolved_face_size(self) -> int:
+        """The face generator side these options prefer."""
+        if self.face_size is not None:
+            return self.face_size
+        return 512 if self.preset is Preset.OFFICIAL and self.hr and self.with_scratch else 256
+
+    def ignored_flags(self) -> list[str]:
+        """Flags that have no effect with the others (to say so instead of silently ignoring them)."""
+        notes = []
+        if self.hr and not self.with_scratch:
+            notes.append(
+                "--hr selects the patch-attention mapping of scratch mode: it has no effect without "
+                "--with-scratch"
+            )
+        if self.face_size is not None and not self.faces:
+            notes.append("--face-size has no effect with --no-faces")
+        return notes
 
 
 @dataclass
@@ -119,7 +166,7 @@ class RestorationResult:
 
 
 FaceEnhancerFn = Callable[..., tuple[np.ndarray, list[tuple[int, int, int, int]]]]
-"""``fn(uint8 H x W x 3, hr=bool, official_detector=bool)`` -> (uint8 image with enhanced faces, boxes)."""
+"""``fn(uint8 H x W x 3, size=256|512, official_detector=bool)`` -> (uint8 image, face boxes)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -130,9 +177,20 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceNotAvailableError(
+            f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
+        raise DeviceNotAvailableError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceNotAvailableError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise DeviceNotAvailableError(f"--device {name}: Apple MPS is not available on this machine")
     return device
 
 
@@ -157,9 +215,23 @@ class ComponentStore:
         self.device = device
         self.dtype = dtype
         self._loaded: dict[Component, nn.Module] = {}
+        self._identities: dict[Component, str] = {}
 
     def available(self, component: Component) -> bool:
         return component in self._loaded or (self.weights_dir / component.value / "config.json").is_file()
+
+    def identity(self, component: Component) -> str:
+        """SHA-256 of the component's files: what a restored photo's record names its weights by."""
+        if component not in self._identities:
+            digest = hashlib.sha256()
+            for name in ("config.json", "model.safetensors"):
+                path = self.weights_dir / component.value / name
+                digest.update(name.encode())
+                with open(path, "rb") as handle:
+                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                        digest.update(block)
+            self._identities[component] = digest.hexdigest()
+        return self._identities[component]
 
     def get(self, component: Component) -> nn.Module:
         if component not in self._loaded:
@@ -174,16 +246,24 @@ class ComponentStore:
         return self._loaded[component]
 
 
-def estimate_global_bytes(height: int, width: int, latent_width: int, attention: bool) -> int:
+def estimate_global_bytes(
+    height: int,
+    width: int,
+    latent_width: int,
+    attention: bool,
+    multiple: int = 4,
+    image_width: int = 64,
+) -> int:
     """Rough peak memory of one global-restoration pass (activations only), from the networks' sizes.
 
-    Full-resolution VAE features (64 channels, about three live copies), latent-resolution mapping
-    features (``latent_width`` channels, about five copies) and, for the non-local block, its
-    keys/values/output plus one chunk of scores.
+    Full-resolution VAE features (``image_width`` channels, about three live copies),
+    latent-resolution mapping features (``latent_width`` channels at ``1 / multiple`` of the
+    sides, about five copies) and, for the non-local block, its keys/values/output plus one chunk
+    of scores.
     """
     pixels = height * width
-    cells = math.ceil(height / 4) * math.ceil(width / 4)
-    total = 3 * 64 * 4 * pixels + 5 * latent_width * 4 * cells
+    cells = math.ceil(height / multiple) * math.ceil(width / multiple)
+    total = 3 * image_width * 4 * pixels + 5 * latent_width * 4 * cells
     if attention:
         total += 3 * latent_width * 4 * cells + (512 << 20)
     return int(total * 1.25)
@@ -198,6 +278,8 @@ class RestorationPipeline:
         device: where the networks run.
         dtype: ``torch.float32`` or ``torch.bfloat16``.
         memory_limit: bytes the global stage may use; None = what the device has free.
+        max_pixels: photos above this many pixels are refused before decoding (batch runs and the
+            web page read it); None = :func:`default_max_pixels`.
     """
 
     def __init__(
@@ -207,24 +289,43 @@ class RestorationPipeline:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         memory_limit: int | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.components = components
         self.face_enhancer = face_enhancer
         self.device = torch.device(device)
         self.dtype = dtype
         self.memory_limit = memory_limit
+        self.max_pixels = max_pixels if max_pixels is not None else default_max_pixels(self.device)
         self.stage_callback: Callable[[str], None] | None = None
+        # Called with (done, total) after each tile of the global stage (the web page cancels there).
+        self.tile_callback: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_pretrained(
         cls,
-        weights_dir: str | os.PathLike[str],
+        weights_dir: str | os.PathLike[str] | None = None,
         device: str = "auto",
         precision: Precision | str = Precision.FP32,
         faces: bool = True,
         memory_limit: int | None = None,
+        max_pixels: int | None = None,
     ) -> RestorationPipeline:
-        """Build a pipeline over a weights directory (from ``latent-restore convert`` or training)."""
+        """Build a pipeline over a weights directory (from ``latent-restore convert`` or training).
+
+        ``weights_dir=None`` picks the set as the command line does
+        (:func:`latent_restore.weights.resolve_weights`: ``$LATENT_RESTORE_WEIGHTS``, the downloaded
+        official weights, the built-in ones).
+        """
+        if weights_dir is None:
+            from latent_restore.weights import resolve_weights
+
+            resolved = resolve_weights()
+            if resolved is None:
+                raise WeightsNotFoundError(
+                    "no weights: nothing downloaded and no built-in weights; run `latent-restore download`"
+                )
+            weights_dir = resolved.path
         weights_dir = Path(weights_dir)
         if not (weights_dir / Component.VAE_A.value / "config.json").is_file():
             raise WeightsNotFoundError(
@@ -244,17 +345,16 @@ class RestorationPipeline:
         if faces and not face_stage.available():
             logger.info("no face components in %s: faces will not be enhanced", weights_dir)
         enhancer = face_stage if faces and face_stage.available() else None
-        return cls(store, enhancer, torch_device, dtype, memory_limit)
+        return cls(store, enhancer, torch_device, dtype, memory_limit, max_pixels)
 
     def required_components(self, options: RestorationOptions) -> list[Component]:
         """What ``options`` need: the global stage's and colorization's components (faces are optional)."""
         extra = [Component.COLORIZE] if options.colorize else []
         if options.model is RestorationModel.PIX2PIX:
             return [Component.PIX2PIX, *extra]
-        if not options.with_scratch:
-            return [Component.VAE_A, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, *extra]
-        mapping = Component.MAPPING_HR if options.hr else Component.MAPPING_SCRATCH
-        return [Component.SCRATCH_DETECTOR, Component.VAE_A, mapping, Component.VAE_B_SCRATCH, *extra]
+        mapping, decoder = self._global_components(options.with_scratch, options.hr)
+        detector = [Component.SCRATCH_DETECTOR] if options.with_scratch else []
+        return [*detector, Component.VAE_A, mapping, decoder, *extra]
 
     @staticmethod
     def check_options(options: RestorationOptions) -> None:
@@ -279,12 +379,63 @@ class RestorationPipeline:
             WeightsNotFoundError: naming the missing components.
         """
         self.check_options(options)
-        missing = [c.value for c in self.required_components(options) if not self.components.available(c)]
+        required = self.required_components(options)
+        missing = [c.value for c in required if not self.components.available(c)]
         if missing:
             raise WeightsNotFoundError(
                 f"the weights directory lacks {', '.join(missing)}, needed for this mode "
                 "(convert the corresponding released checkpoints or train them)"
             )
+        for component in required:  # a damaged component fails here, once, not on every photo
+            self.components.get(component)
+        if options.model is RestorationModel.TWO_VAE:
+            mapping, decoder = self._global_components(options.with_scratch, options.hr)
+            self._check_fit(Component.VAE_A, mapping, decoder)
+
+    def _check_fit(self, vae_a: Component, mapping: Component, vae_b: Component) -> None:
+        """The encoder, mapping and decoder must agree on latent channels and downsampling.
+
+        Raises:
+            IncompatibleWeightsError: naming the two components that disagree.
+        """
+        encoder = self.components.get(vae_a).config
+        translator = self.components.get(mapping).config
+        decoder = self.components.get(vae_b).config
+        pairs = [
+            (vae_a, "latent channels", encoder.latent_channels, mapping, translator.latent_channels),
+            (mapping, "latent channels", translator.latent_channels, vae_b, decoder.latent_channels),
+            (vae_a, "downsamplings", encoder.num_downsamples, vae_b, decoder.num_downsamples),
+        ]
+        for first, what, a, second, b in pairs:
+            if a != b:
+                raise IncompatibleWeightsError(
+                    f"{first.value} and {second.value} do not fit together: {what} {a} vs {b} "
+                    "(components from different weight sets?)"
+                )
+
+    def record(self, options: RestorationOptions) -> dict:
+        """What a restored photo was made with: options, precision and the weights' identities.
+
+        A folder rerun compares it with the record stored in an existing output and redoes the
+        photo when they differ.
+        """
+        components = list(self.required_components(options))
+        face = self._face_component(options)
+        if face is not None:
+            components.append(face)
+        identity = getattr(self.components, "identity", None)
+        weights = {c.value: identity(c) if identity else "" for c in components}
+        fields = dataclasses.asdict(options)
+        fields.pop("return_stages")
+        fields = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in fields.items()}
+        fields["face_size"] = options.resolved_face_size()
+        return {"options": fields, "dtype": str(self.dtype).removeprefix("torch."), "weights": weights}
+
+    def _face_component(self, options: RestorationOptions) -> Component | None:
+        if not options.faces or self.face_enhancer is None:
+            return None
+        choose = getattr(self.face_enhancer, "component", None)
+        return choose(options.resolved_face_size()) if choose else None
 
     def _stage(self, name: str) -> None:
         if self.stage_callback is not None:
@@ -298,26 +449,48 @@ class RestorationPipeline:
         vae_a = self.components.get(Component.VAE_A)
         net = self.components.get(mapping)
         vae_b = self.components.get(decoder)
-        padded, size = pad_to_multiple(x, LATENT_MULTIPLE, minimum=MIN_NETWORK_SIDE)
-        padded_mask = (
-            None if mask is None else pad_to_multiple(mask, LATENT_MULTIPLE, minimum=MIN_NETWORK_SIDE)[0]
-        )
+        multiple = self._latent_multiple()
+        padded, size = pad_to_multiple(x, multiple, minimum=MIN_NETWORK_SIDE)
+        padded_mask = None if mask is None else pad_to_multiple(mask, multiple, minimum=MIN_NETWORK_SIDE)[0]
         with torch.inference_mode():
             z = vae_a.encode(padded.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last))
             m = None if padded_mask is None else padded_mask.to(self.device, self.dtype)
             out = vae_b.decode(net(z, m))
+        if out.shape[-2:] != padded.shape[-2:]:
+            raise IncompatibleWeightsError(
+                f"the global stage returned {out.shape[-1]}x{out.shape[-2]} for a "
+                f"{padded.shape[-1]}x{padded.shape[-2]} input: {Component.VAE_A.value}, {mapping.value} and "
+                f"{decoder.value} do not fit together"
+            )
         return crop_to(out.to(torch.float32).cpu(), size)
+
+    def _latent_multiple(self) -> int:
+        """The side multiple the global stage needs, asked of the encoder (``2 ** num_downsamples``)."""
+        return self.components.get(Component.VAE_A).config.multiple
+
+    @staticmethod
+    def _global_components(with_scratch: bool, hr: bool) -> tuple[Component, Component]:
+        """``(mapping, decoder)`` of the two-VAE global stage in a mode."""
+        if not with_scratch:
+            return Component.MAPPING_QUALITY, Component.VAE_B_QUALITY
+        return (Component.MAPPING_HR if hr else Component.MAPPING_SCRATCH), Component.VAE_B_SCRATCH
 
     def _plan(self, height: int, width: int, mapping: Component) -> tuple[str, int | None]:
         """Choose how to compute the global stage: in one piece, or tiles of what side."""
         config = self.components.get(mapping).config
         latent_width = config.widths()[-1]
+        encoder = self.components.get(Component.VAE_A).config
+        multiple, image_width = encoder.multiple, encoder.stage_channels()[0]
         attention = mapping is Component.MAPPING_SCRATCH
         budget = (
             self.memory_limit if self.memory_limit is not None else int(available_memory(self.device) * 0.8)
         )
-        cells = math.ceil(height / 4) * math.ceil(width / 4)
-        fits = estimate_global_bytes(height, width, latent_width, attention) <= budget
+        cells = math.ceil(height / multiple) * math.ceil(width / multiple)
+
+        def estimate(h: int, w: int) -> int:
+            return estimate_global_bytes(h, w, latent_width, attention, multiple, image_width)
+
+        fits = estimate(height, width) <= budget
         if fits and not (attention and cells > MAX_ATTENTION_CELLS):
             return (
                 {Component.MAPPING_SCRATCH: "nonlocal", Component.MAPPING_HR: "patch-attention"}.get(
@@ -325,10 +498,10 @@ class RestorationPipeline:
                 ),
                 None,
             )
-        tile = 4 * int(math.sqrt(MAX_ATTENTION_CELLS)) if attention else 2048
-        while tile > 256 and estimate_global_bytes(tile, tile, latent_width, attention) > budget:
+        tile = multiple * int(math.sqrt(MAX_ATTENTION_CELLS)) if attention else 2048
+        while tile > 256 and estimate(tile, tile) > budget:
             tile //= 2
-        if estimate_global_bytes(tile, tile, latent_width, attention) > budget:
+        if estimate(tile, tile) > budget:
             raise MemoryError(f"not even a {tile}x{tile} tile fits in the {budget / 2**30:.1f} GiB available")
         return f"tiles {tile}x{tile}", tile
 
@@ -345,12 +518,10 @@ class RestorationPipeline:
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path taken.
         """
+        mapping, decoder = self._global_components(mask is not None, hr)
         if mask is None:
-            mapping, decoder = Component.MAPPING_QUALITY, Component.VAE_B_QUALITY
             m = None
         else:
-            mapping = Component.MAPPING_HR if hr else Component.MAPPING_SCRATCH
-            decoder = Component.VAE_B_SCRATCH
             mask_u8 = (np.asarray(mask) > 0).astype(np.uint8) * 255
             if hr:
                 mask_u8 = official.dilate_mask(mask_u8)
@@ -363,7 +534,10 @@ class RestorationPipeline:
         def forward(piece: torch.Tensor, piece_mask: torch.Tensor | None) -> torch.Tensor:
             return self._global_forward(mapping, decoder, piece, piece_mask)
 
-        out = forward(x, m) if tile is None else run_tiled(forward, x, m, tile, TILE_OVERLAP)
+        if tile is None:
+            out = forward(x, m)
+        else:
+            out = run_tiled(forward, x, m, tile, TILE_OVERLAP, self.tile_callback)
         return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), path
 
     def restore_pix2pix(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:
@@ -435,6 +609,12 @@ class RestorationPipeline:
             restored, path = self.restore_pix2pix(photo.rgb)
         else:
             restored, path = self.restore_global(photo.rgb, mask, options.hr)
+        _check_finite(restored, "global restoration")
+        if restored.shape[:2] != photo.size:
+            raise IncompatibleWeightsError(
+                f"the global stage returned {restored.shape[1]}x{restored.shape[0]} for a "
+                f"{photo.size[1]}x{photo.size[0]} photo"
+            )
         if tone is not None:
             restored = tone.apply(restored)
         if options.return_stages:
@@ -442,7 +622,7 @@ class RestorationPipeline:
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
             self._stage("faces")
-            enhanced, boxes = self.face_enhancer(quantize(restored), hr=options.hr)
+            enhanced, boxes = self.face_enhancer(quantize(restored), size=options.resolved_face_size())
             if boxes:
                 restored = enhanced.astype(np.float32) / 255.0
                 if tone is not None:
@@ -453,6 +633,7 @@ class RestorationPipeline:
             # Last, and after the monochrome tone was re-applied: nothing turns the colours back to gray.
             self._stage("colorization")
             restored = self.colorize(restored)
+            _check_finite(restored, "colorization")
             if options.return_stages:
                 stages["colorize"] = quantize(restored)
         return RestorationResult(restored, photo.alpha, mask, boxes, stages, path)
@@ -480,19 +661,34 @@ class RestorationPipeline:
             out = self._global_forward(
                 Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, to_tensor(resized), None
             )
+        _check_finite(out.numpy(), "global restoration")
         restored = official.saved_restoration(out)
         if options.return_stages:
             stages["global"] = restored
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
             self._stage("faces")
-            restored, boxes = self.face_enhancer(restored, hr=options.hr, official_detector=True)
+            restored, boxes = self.face_enhancer(
+                restored, size=options.resolved_face_size(), official_detector=True
+            )
         if options.colorize:
             self._stage("colorization")
             restored = self.colorize(restored)
             if options.return_stages:
                 stages["colorize"] = restored
         return RestorationResult(restored.astype(np.float32) / 255.0, None, mask, boxes, stages, "official")
+
+
+class NonFiniteOutputError(ArithmeticError):
+    """A network produced NaN or infinite values; the photo fails instead of coming out black."""
+
+
+def _check_finite(values: np.ndarray, stage: str) -> None:
+    if not np.isfinite(values).all():
+        raise NonFiniteOutputError(
+            f"{stage} produced non-finite values (NaN/Inf): the weights may be damaged or the "
+            "precision too low for them; try --precision fp32 or other weights"
+        )
 
 
 def pix2pix_method(pipeline: RestorationPipeline) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -509,8 +705,8 @@ def pix2pix_method(pipeline: RestorationPipeline) -> Callable[[np.ndarray], np.n
 class FaceStage:
     """Face enhancement over a component store, built on first use.
 
-    The 512 generator serves ``--hr`` (as in the released pipeline, which uses ``FaceSR_512``
-    there), the 256 one everything else; the ``official`` preset uses the released detector
+    ``size`` picks the 256 or 512 generator (:meth:`RestorationOptions.resolved_face_size`); when
+    only the other one is present it is used. The ``official`` preset uses the released detector
     settings (no upsampling), the default finds smaller faces.
     """
 
@@ -521,16 +717,22 @@ class FaceStage:
     def available(self) -> bool:
         return self.store.available(Component.FACE_256) or self.store.available(Component.FACE_512)
 
+    def component(self, size: int = 256) -> Component:
+        """The face component serving ``size`` (the other size when only that one is present)."""
+        preferred = (
+            [Component.FACE_512, Component.FACE_256]
+            if size == 512
+            else [Component.FACE_256, Component.FACE_512]
+        )
+        return next(c for c in preferred if self.store.available(c))
+
     def __call__(
-        self, image: np.ndarray, hr: bool = False, official_detector: bool = False
+        self, image: np.ndarray, size: int = 256, official_detector: bool = False
     ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
         from face_enhance.detection import OFFICIAL_DETECTOR, DetectorConfig
         from face_enhance.enhancer import FaceEnhancer, FaceEnhancerConfig
 
-        preferred = (
-            [Component.FACE_512, Component.FACE_256] if hr else [Component.FACE_256, Component.FACE_512]
-        )
-        component = next(c for c in preferred if self.store.available(c))
+        component = self.component(size)
         key = (component, official_detector)
         if key not in self._enhancers:
             detector = OFFICIAL_DETECTOR if official_detector else DetectorConfig()

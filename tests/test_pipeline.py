@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from latent_restore.core.colour import MonochromeTone
+from latent_restore.core.components import Component
 from latent_restore.core.imaging import photo_from_array
 from latent_restore.core.tiling import run_tiled, tile_starts
 from latent_restore.pipeline import (
@@ -91,9 +92,12 @@ def test_sepia_tone_is_kept() -> None:
 
 def test_tiles_are_used_when_memory_is_short(tiny_weights) -> None:
     whole = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
-    small = RestorationPipeline.from_pretrained(
-        tiny_weights, device="cpu", faces=False, memory_limit=estimate_global_bytes(300, 300, 16, False)
+    encoder = whole.components.get(Component.VAE_A).config
+    latent_width = whole.components.get(Component.MAPPING_QUALITY).config.widths()[-1]
+    limit = estimate_global_bytes(
+        300, 300, latent_width, False, encoder.multiple, encoder.stage_channels()[0]
     )
+    small = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False, memory_limit=limit)
     photo = _photo(400, 700)
     a, b = whole(photo), small(photo)
     assert a.path == "full"

@@ -7,8 +7,12 @@ multiple of what a network needs is padded and the result cropped back.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -201,12 +205,89 @@ def _pil_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, floa
     return np.asarray(image.convert("RGB")), None, 255.0, False, 8
 
 
-def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
+class PixelLimitError(ImageReadError):
+    """A photo declares more pixels than the run allows; refused before any pixel is decoded."""
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise PixelLimitError(
+            f"too many pixels: {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
+            f"{max_pixels / 1e6:.1f} MP (--max-pixels raises it, if this machine has the memory)"
+        )
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Let Pillow open headers up to ``max_pixels`` (its own bomb limit would refuse a larger, allowed
+    photo); our limit is then checked from the header before any pixel is decoded."""
+    if max_pixels is None or Image.MAX_IMAGE_PIXELS is None or max_pixels <= Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+_SRGB_PROFILE: bytes | None = None
+
+
+def _srgb_profile() -> bytes:
+    global _SRGB_PROFILE
+    if _SRGB_PROFILE is None:
+        _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return _SRGB_PROFILE
+
+
+def _profile_space(icc: bytes) -> str | None:
+    """The colour space an ICC profile describes (``RGB``, ``GRAY``, ``CMYK``, ...), None if unreadable."""
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _to_profile_space(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """Make pixels and profile agree: CMYK through its profile to sRGB (with an sRGB profile attached).
+
+    A profile that does not describe the pixels written (a CMYK profile on RGB output, or an
+    unreadable one) would make every colour-managed viewer show wrong colours, so it is dropped.
+    """
+    if image.mode == "CMYK":
+        if icc and _profile_space(icc) == "CMYK":
+            try:
+                source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                srgb = ImageCms.ImageCmsProfile(io.BytesIO(_srgb_profile()))
+                return ImageCms.profileToProfile(image, source, srgb, outputMode="RGB"), _srgb_profile()
+            except (ImageCms.PyCMSError, OSError, ValueError):
+                pass
+        return image.convert("RGB"), None
+    if icc:
+        gray = image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+        if _profile_space(icc) != ("GRAY" if gray else "RGB"):
+            return image, None
+    return image, icc
+
+
+def decode_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> DecodedImage:
     """Decode an image file completely, upright (EXIF orientation applied), in its own value range.
 
-    Handles 8/16-bit, gray, palette, RGBA and CMYK files. Never writes to ``path``.
+    Handles 8/16-bit, gray, palette, RGBA and CMYK files (CMYK through its ICC profile to sRGB).
+    Never writes to ``path``.
+
+    Args:
+        path: the file.
+        max_pixels: refuse, from the header alone, images with more pixels than this.
 
     Raises:
+        PixelLimitError: more pixels than ``max_pixels`` or than Pillow's decompression-bomb limit.
         ImageReadError: empty, truncated or undecodable files, with the reason.
         OSError: the file cannot be read.
     """
@@ -215,17 +296,24 @@ def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
     if not data:
         raise ImageReadError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            upright = ImageOps.exif_transpose(opened)
-            icc = opened.info.get("icc_profile")
-            exif = upright.info.get("exif") or None
-            color, alpha, peak, gray, depth = _pil_pixels(upright)
-            orientation_changed = opened.getexif().get(0x0112, 1) not in (0, 1)
+        with warnings.catch_warnings(), _pillow_limit(max_pixels):
+            # Pillow only warns between its two bomb limits; a warning is no refusal.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                _check_pixels(*opened.size, max_pixels)
+                opened.load()
+                icc = opened.info.get("icc_profile")
+                upright = ImageOps.exif_transpose(opened)
+                exif = upright.info.get("exif") or None
+                upright, icc = _to_profile_space(upright, icc)
+                color, alpha, peak, gray, depth = _pil_pixels(upright)
+                orientation_changed = opened.getexif().get(0x0112, 1) not in (0, 1)
     except UnidentifiedImageError:
         raise ImageReadError("not an image file (unknown format)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"refused: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PixelLimitError(f"too many pixels: {exc}") from None
+    except PixelLimitError:  # a ValueError, but already the reason
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot decode: {exc}") from None
     deep = _read_deep(path, data)
@@ -237,15 +325,16 @@ def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
     return DecodedImage(color, alpha, peak, gray, icc, exif, depth)
 
 
-def read_photo(path: str | os.PathLike[str]) -> Photo:
+def read_photo(path: str | os.PathLike[str], max_pixels: int | None = None) -> Photo:
     """Decode a photo file completely, upright (EXIF orientation applied), as float RGB in [0, 1].
 
     Handles 8/16-bit, gray, palette, RGBA and CMYK files. Never writes to ``path``.
 
     Raises:
+        PixelLimitError: the header declares more than ``max_pixels`` pixels (nothing decoded).
         ImageReadError: empty, truncated or undecodable files, with the reason.
     """
-    return decode_image(path).to_photo()
+    return decode_image(path, max_pixels).to_photo()
 
 
 def photo_from_array(image: np.ndarray | Image.Image) -> Photo:
@@ -283,8 +372,9 @@ def encode_png(
     gray: bool = False,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
+    text: dict[str, str] | None = None,
 ) -> bytes:
-    """PNG bytes of a float [0, 1] (or uint8) ``H x W x 3`` or ``H x W`` photo, with profile and EXIF."""
+    """PNG bytes of a float [0, 1] (or uint8) ``H x W x 3`` or ``H x W`` photo, with profile, EXIF, text."""
     if rgb.ndim == 2:
         rgb, gray = rgb[..., None], True
     rgb8 = rgb if rgb.dtype == np.uint8 else quantize(rgb)
@@ -300,7 +390,10 @@ def encode_png(
         kwargs["icc_profile"] = icc_profile
     if exif:
         kwargs["exif"] = exif
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
+        kwargs["pnginfo"] = info
     image.save(buffer, format="PNG", **kwargs)
     return buffer.getvalue()
-
-
