@@ -290,7 +290,8 @@ def run_batch(
     input_path, output_dir = Path(input_path), Path(output_dir)
     if input_path.is_dir():
         check_output_dir(input_path, output_dir)
-    found = find_inputs(input_path, recursive, exclude=output_dir if input_path.is_dir() else None)
+    nested = input_path.is_dir() and is_inside(output_dir, input_path)
+    found = find_inputs(input_path, recursive, exclude=output_dir if nested else None)
     root = found.root
     names = output_names(found.photos)
     planned = [output_dir / n for n in names.values()]

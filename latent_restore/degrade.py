@@ -178,7 +178,9 @@ def degrade_folder(
     if config.texture.directory is not None and not Path(config.texture.directory).is_dir():
         raise FileNotFoundError(f"texture folder not found: {config.texture.directory}")
     check_output_dir(input_dir, output_dir)
-    inputs = [p for p in list_images([input_dir], recursive=recursive) if not is_inside(p, output_dir)]
+    inputs = list_images([input_dir], recursive=recursive)
+    if is_inside(output_dir, input_dir):  # an output folder nested in the input tree is never read
+        inputs = [p for p in inputs if not is_inside(p, output_dir)]
     relative = sorted((p.relative_to(input_dir) for p in inputs), key=lambda p: p.as_posix())
     plan = _plan_outputs(relative, output_dir)
     check_inputs_untouched([p for pair in plan for p in pair], inputs)
