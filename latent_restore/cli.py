@@ -15,7 +15,7 @@ def _convert(args: argparse.Namespace) -> int:
     from latent_restore.convert import ConversionError, convert_official
 
     try:
-        written = convert_official(args.official, args.out)
+        written = convert_official(args.official, args.out, overwrite=args.overwrite)
     except ConversionError as exc:
         logger.error("%s", exc)
         return 2
@@ -24,18 +24,88 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _weights_dir(args: argparse.Namespace) -> str | None:
-    """``--weights``, else the built-in weights; None (after saying how to get weights) if neither."""
-    from latent_restore.weights import default_weights_dir
+def _download(args: argparse.Namespace) -> int:
+    from latent_restore.convert import ConversionError, ReleaseKind
+    from latent_restore.download import DEFAULT_URL_BASE, DownloadError, download_release
 
-    weights = args.weights or default_weights_dir()
-    if weights is None:
-        logger.error(
-            "no weights: this installation has no built-in weights. Convert the authors' released "
-            "checkpoints with `latent-restore convert --official DIR --out WEIGHTS`, "
-            "then pass --weights WEIGHTS."
+    try:
+        result = download_release(
+            dest=args.dest,
+            url_base=args.url_base or DEFAULT_URL_BASE,
+            only=ReleaseKind(args.only) if args.only else None,
+            keep_archives=args.keep_archives,
+            archive_dir=args.archive_dir,
+            timeout=args.timeout,
+            progress=not args.quiet,
         )
-    return weights
+    except DownloadError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    except ConversionError as exc:
+        logger.error("refused: %s", exc)
+        return 2
+    except OSError as exc:
+        logger.error("%s", exc)
+        return 1
+    for name, digest in result.archives.items():
+        logger.info("%s: SHA-256 %s", name, digest)
+    logger.info(
+        "wrote %d components to %s; `latent-restore run` now uses them without --weights",
+        len(result.components),
+        result.weights_dir,
+    )
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from latent_restore.weights import HOME_ENV, data_home, find_weight_sets, verify_weight_set
+
+    sets = find_weight_sets(args.weights)
+    print(f"data folder: {data_home()} (set {HOME_ENV} to move it)")
+    if not any(s.origin.name == "DOWNLOADED" for s in sets):
+        print("no downloaded weights there: `latent-restore download` fetches the authors' released ones")
+    code = 0
+    for found in sets:
+        marker = "*" if found.in_use else " "
+        print(f"{marker} {found.origin.value}: {found.path}")
+        print(f"    modes: {', '.join(found.modes) if found.modes else 'none (not a usable weights set)'}")
+        if found.source and isinstance(found.source.get("sources"), list):
+            names = [str(entry.get("name")) for entry in found.source["sources"] if isinstance(entry, dict)]
+            print(f"    converted from: {', '.join(names)}")
+        if args.verify:
+            try:
+                problems = verify_weight_set(found.path)
+            except FileNotFoundError as exc:
+                print(f"    not verified: {exc}")
+                continue
+            for problem in problems:
+                print(f"    CHANGED {problem}")
+            if not problems:
+                print("    verified: every component matches source.json")
+            code = code or (1 if problems else 0)
+    print("(* = the set used without --weights)")
+    return code
+
+
+WEIGHTS_HELP = (
+    "weights directory (default: $LATENT_RESTORE_WEIGHTS, else the downloaded official weights, "
+    "else the built-in ones; see `latent-restore weights`)"
+)
+
+
+def _weights_dir(args: argparse.Namespace) -> str | None:
+    """The weights a command uses (``latent_restore.weights.resolve_weights``); None, said, if none."""
+    from latent_restore.weights import resolve_weights
+
+    resolved = resolve_weights(args.weights)
+    if resolved is None:
+        logger.error(
+            "no weights: this installation has no built-in weights and nothing was downloaded. Run "
+            "`latent-restore download` (or convert the release zips with `latent-restore convert "
+            "--official global_checkpoints.zip face_checkpoints.zip --out WEIGHTS` and pass --weights)."
+        )
+        return None
+    return str(resolved.path)
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -196,12 +266,69 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         parents=[common],
         help="convert the officially released checkpoints into a weights directory",
-        description="Convert a tree laid out like the unzipped official archives (Global/checkpoints/..., "
-        "Face_Enhancement/checkpoints/...) into a latent-restore weights directory.",
+        description="Convert the release zips (global_checkpoints.zip, face_checkpoints.zip) or folders "
+        "laid out like them once unzipped ([Global/]checkpoints/..., [Face_Enhancement/]checkpoints/...), "
+        "in any mix, into a latent-restore weights directory. Nothing is written unless every file "
+        "converts.",
     )
-    convert.add_argument("--official", required=True, help="folder holding the unzipped official checkpoints")
-    convert.add_argument("--out", required=True, help="weights directory to write")
+    convert.add_argument(
+        "--official",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="release zip files and/or folders holding the unzipped official checkpoints",
+    )
+    convert.add_argument("--out", required=True, help="weights directory to write (missing or empty)")
+    convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a weights set already in --out, whole (its components are never mixed with new ones)",
+    )
     convert.set_defaults(handler=_convert)
+
+    download = commands.add_parser(
+        "download",
+        parents=[common],
+        help="download and convert the authors' released weights (used automatically afterwards)",
+        description="Download global_checkpoints.zip and face_checkpoints.zip (resuming an interrupted "
+        "download), verify and convert them into the data folder (see `latent-restore weights`), "
+        "where run, serve and eval find them without --weights. Proxies come from https_proxy / "
+        "http_proxy / no_proxy. Exit code 1 when the transfer fails (run it again to resume), 2 when "
+        "what arrived is refused.",
+    )
+    download.add_argument(
+        "--dest", help="weights directory to write (default: DATA_FOLDER/official, used automatically)"
+    )
+    download.add_argument(
+        "--url-base",
+        default=None,
+        help="fetch URL_BASE/global_checkpoints.zip and URL_BASE/face_checkpoints.zip instead of the "
+        "authors' GitHub release (v1.0)",
+    )
+    download.add_argument("--only", choices=["global", "face"], help="fetch one archive only")
+    download.add_argument("--keep-archives", action="store_true", help="keep the zips after converting")
+    download.add_argument(
+        "--archive-dir", help="where the zips are downloaded and resumed (default: DATA_FOLDER/downloads)"
+    )
+    download.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds without data before giving up (default: 60)"
+    )
+    download.set_defaults(handler=_download)
+
+    weights = commands.add_parser(
+        "weights",
+        parents=[common],
+        help="list the weights sets found, their modes and where they are",
+        description="List the weights sets the commands can use, in the order they are chosen: --weights, "
+        "$LATENT_RESTORE_WEIGHTS, the downloaded official weights (DATA_FOLDER/official), the built-in "
+        "demonstration weights. DATA_FOLDER is $LATENT_RESTORE_HOME, else the platform's data folder "
+        "(~/.local/share/latent-restore on Linux).",
+    )
+    weights.add_argument("--weights", help="also show this weights directory")
+    weights.add_argument(
+        "--verify", action="store_true", help="check each component against the SHA-256 in source.json"
+    )
+    weights.set_defaults(handler=_weights)
 
     run = commands.add_parser(
         "run",
@@ -231,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     run.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    run.add_argument("--weights", help="weights directory (default: the built-in weights)")
+    run.add_argument("--weights", help=WEIGHTS_HELP)
     run.add_argument(
         "--preset",
         choices=["default", "official"],
@@ -259,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--with-scratch", action="store_true", help="add scratches, cracks, dust")
     evaluation.add_argument("--all", action="store_true", help="use every photo, not only the held-out split")
-    evaluation.add_argument("--weights", help="weights directory (default: the built-in weights)")
+    evaluation.add_argument("--weights", help=WEIGHTS_HELP)
     evaluation.add_argument("--device", default="auto")
     evaluation.add_argument("--inception-weights", help="torchvision Inception-v3 state dict, to report FID")
     evaluation.set_defaults(handler=_eval)
@@ -295,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=7860, help="TCP port; 0 picks a free one (default: 7860)")
-    serve.add_argument("--weights", help="weights directory (default: the built-in weights)")
+    serve.add_argument("--weights", help=WEIGHTS_HELP)
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     serve.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     serve.add_argument("--no-faces", action="store_true", help="do not load the face model")

@@ -101,3 +101,38 @@ def test_rename_keys_longest_prefix_and_inner() -> None:
         {"conv_block.5": "conv2"},
     )
     assert sorted(out) == ["block.blocks.0.conv2.bias", "block.project.weight", "block.theta.bias"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_component_and_tensor(tmp_path, bad) -> None:
+    model = VAE(TINY)
+    with torch.no_grad():
+        model.decoder.head.weight[0, 0, 0, 0] = bad
+    save_component(model, tmp_path / "vae_a")
+    with pytest.raises(CheckpointError, match=r"component vae_a .*NaN or Inf.*decoder\.head\.weight"):
+        load_component(tmp_path / "vae_a")
+
+
+def test_tampered_config_is_refused_before_the_network_is_allocated(tmp_path, monkeypatch) -> None:
+    """A channel count raised in config.json alone is caught from the safetensors header.
+
+    At 2**20 latent channels the real network would need terabytes; the check builds it on the
+    ``meta`` device only, so any real construction here is a failure.
+    """
+    save_component(VAE(TINY), tmp_path / "vae")
+    meta = json.loads((tmp_path / "vae" / CONFIG_NAME).read_text())
+    meta["config"]["latent_channels"] = 1 << 20
+    (tmp_path / "vae" / CONFIG_NAME).write_text(json.dumps(meta))
+    built_on: list[str] = []
+    original = VAE.__init__
+
+    def spy(self, config):
+        built_on.append(str(torch.empty(0).device))
+        if built_on[-1] != "meta":
+            raise AssertionError("the tampered network was allocated for real")
+        original(self, config)
+
+    monkeypatch.setattr(VAE, "__init__", spy)
+    with pytest.raises(CheckpointError, match=r"(?s)checked before allocating.*shape mismatch"):
+        load_component(tmp_path / "vae")
+    assert built_on == ["meta"]

@@ -4,6 +4,11 @@
 network exactly and then loads the tensors strictly. Every mismatch (missing, unexpected or
 wrongly shaped tensors) is logged in full and raises: a half-loaded network silently produces
 garbage, which is the failure mode of the reference implementation this package replaces.
+
+Loading checks the file before trusting ``config.json``: the tensor names and shapes in the
+safetensors header are compared with a network built on the ``meta`` device (no memory), so a
+tampered channel count is refused before anything is allocated; and weights holding NaN or Inf
+are refused, since they would turn every photo black without an error.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -83,17 +88,57 @@ class StateDictDiff:
         return "\n".join(lines)
 
 
+def diff_shapes(
+    expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]]
+) -> StateDictDiff:
+    """Compare two ``name -> shape`` tables (what a network stores against what a file holds)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [(k, expected[k], given[k]) for k in expected if k in given and expected[k] != given[k]]
+    return StateDictDiff(missing, unexpected, mismatched)
+
+
 def diff_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> StateDictDiff:
     """Compare ``state_dict`` with what ``model`` stores (parameters and persistent buffers)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, tuple(expected[k].shape), tuple(state_dict[k].shape))
-        for k in expected
-        if k in state_dict and tuple(expected[k].shape) != tuple(state_dict[k].shape)
-    ]
-    return StateDictDiff(missing, unexpected, mismatched)
+    return diff_shapes(_shapes(model.state_dict()), _shapes(state_dict))
+
+
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    # A NaN or Inf anywhere makes the sum non-finite; the sum is one pass without a mask, and
+    # only when it is not finite (or overflowed) is the exact check needed.
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf (in ``tensors``' order)."""
+    return [k for k, v in tensors.items() if not _finite(v)]
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse weights with NaN or Inf: they load fine and then make every output black.
+
+    Args:
+        tensors: the state dict to check.
+        what: names the component (and file) in the message.
+
+    Raises:
+        CheckpointError: naming the first offending tensors.
+    """
+    bad = non_finite_tensors(tensors)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} tensors in all)" if len(bad) > 5 else "")
+        message = (
+            f"{what}: non-finite values (NaN or Inf) in tensor {shown}; refusing weights that would "
+            "produce black or garbage photos (the file is damaged or came from a diverged training run)"
+        )
+        logger.error(message)
+        raise CheckpointError(message)
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
@@ -168,6 +213,10 @@ def load_component(
 
     Returns:
         The network in eval mode.
+
+    Raises:
+        CheckpointError: unreadable files, tensors that do not fit the configured network (found
+            from the safetensors header, before the network is allocated), or NaN/Inf weights.
     """
     directory = Path(directory)
     meta = read_config(directory)
@@ -182,15 +231,54 @@ def load_component(
         config = config_from_dict(cls.config_class, meta["config"])  # type: ignore[attr-defined]
     except ConfigError as exc:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from exc
+    weights = directory / WEIGHTS_NAME
+    _check_header(cls, config, weights)
     model = cls(config)
     try:
-        tensors = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        tensors = load_file(str(weights), device=str(map_location))
     except FileNotFoundError:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME} not found") from None
+        raise CheckpointError(f"{weights} not found") from None
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"cannot read {directory / WEIGHTS_NAME}: {exc}") from exc
-    load_state_dict_strict(model, tensors, str(directory / WEIGHTS_NAME))
+        raise CheckpointError(f"cannot read {weights}: {exc}") from exc
+    check_finite(tensors, f"component {directory.name} ({weights})")
+    load_state_dict_strict(model, tensors, str(weights))
     return model.to(map_location).eval()  # type: ignore[return-value]
+
+
+def read_header_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = handle.keys()
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in names}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def _check_header(cls: type[nn.Module], config: Any, weights: Path) -> None:
+    """Refuse a file whose tensors do not fit ``cls(config)`` before the network is allocated.
+
+    ``config.json`` decides how much memory the network takes, and it is only a text file: a
+    tampered channel count would otherwise allocate gigabytes before the strict load notices.
+    The network is built on the ``meta`` device (shapes only), compared with the header, and only
+    then built for real. A network that cannot be built on ``meta`` skips this early check (the
+    strict load still catches every mismatch).
+    """
+    given = read_header_shapes(weights)
+    try:
+        with torch.device("meta"):
+            skeleton = cls(config)
+    except Exception as exc:  # any construction failure only skips the early check
+        logger.debug("%s cannot be built on the meta device (%s); shapes are checked after loading", cls, exc)
+        return
+    diff = diff_shapes(_shapes(skeleton.state_dict()), given)
+    del skeleton
+    if diff:
+        message = f"{weights} does not fit {cls.__name__} (checked before allocating it):\n{diff.describe()}"
+        logger.error(message)
+        raise CheckpointError(message)
 
 
 def rename_keys(
