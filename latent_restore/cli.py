@@ -19,6 +19,9 @@ def _convert(args: argparse.Namespace) -> int:
     except ConversionError as exc:
         logger.error("%s", exc)
         return 2
+    except OSError as exc:
+        logger.error("cannot write the weights set: %s", exc)
+        return 2
     for component, path in written.items():
         logger.info("wrote %s -> %s", component.value, path)
     return 0

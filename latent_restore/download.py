@@ -351,6 +351,23 @@ def download_release(
     archive_dir = Path(archive_dir) if archive_dir is not None else data_home() / "downloads"
     check_destination(dest, overwrite=True)
     kinds = [only] if only is not None else list(ReleaseKind)
+    try:
+        return _download(dest, url_base, kinds, only, keep_archives, archive_dir, timeout, progress)
+    finally:
+        with contextlib.suppress(OSError):
+            archive_dir.rmdir()  # only when empty: nothing was kept, no partial download to resume
+
+
+def _download(
+    dest: Path,
+    url_base: str,
+    kinds: list[ReleaseKind],
+    only: ReleaseKind | None,
+    keep_archives: bool,
+    archive_dir: Path,
+    timeout: float,
+    progress: bool,
+) -> DownloadResult:
     archives: dict[ReleaseKind, Path] = {}
     resumed = []
     for kind in kinds:
@@ -395,8 +412,6 @@ def download_release(
     if not keep_archives:
         for path in archives.values():
             path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            archive_dir.rmdir()
     return DownloadResult(dest, written, hashes, resumed)
 
 
