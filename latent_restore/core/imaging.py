@@ -229,7 +229,7 @@ def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
         return
     with _PILLOW_LIMIT_LOCK:
         previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        Image.MAX_IMAGE_PIXELS = None  # our own check, from the same header, is the gate
         try:
             yield
         finally:
