@@ -1,8 +1,12 @@
 """torchrun / DDP helpers: who am I, set up and tear down the process group, shard the data.
 
 ``torchrun`` describes the job through environment variables (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``); a plain ``python`` launch has none of them and is treated as a job of one process,
-so every training script runs unchanged either way. Side effects that must happen once per job
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); a plain ``python`` launch has none of them and is
+treated as a job of one process, so every training script runs unchanged either way. ``WORLD_SIZE``
+is what makes a job distributed: a ``RANK`` or ``LOCAL_RANK`` left in the environment without it
+(a shell or cluster profile that exports one) is ignored with a warning, rather than turning the
+run into a non-main rank that trains and writes nothing. An inconsistent torchrun environment
+raises :class:`DistributedEnvError` with what to do. Side effects that must happen once per job
 (writing checkpoints, logs, the run folder) go through :func:`is_main_process` or
 :func:`main_process_only`.
 """
@@ -48,6 +52,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DistributedEnvError(RuntimeError):
+    """The torchrun environment variables contradict each other; the message says how to launch."""
+
+
+_LAUNCH_HINT = "launch distributed runs with torchrun (it sets them all), or unset them for a one-process run"
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -55,14 +66,44 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from None
+        raise DistributedEnvError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def stray_variables() -> dict[str, str]:
+    """``RANK`` / ``LOCAL_RANK`` set without ``WORLD_SIZE``: not a torchrun job, so they are ignored."""
+    if os.environ.get("WORLD_SIZE", ""):
+        return {}
+    return {name: os.environ[name] for name in ("RANK", "LOCAL_RANK") if os.environ.get(name, "")}
+
+
+def _env_info() -> DistInfo:
+    """This process's place in the job as torchrun's environment describes it (see the module docstring)."""
+    if not os.environ.get("WORLD_SIZE", ""):
+        return DistInfo()
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size < 1:
+        raise DistributedEnvError(f"WORLD_SIZE={world_size} must be at least 1: {_LAUNCH_HINT}")
+    if not os.environ.get("RANK", "") and world_size > 1:
+        raise DistributedEnvError(f"WORLD_SIZE={world_size} is set but RANK is not: {_LAUNCH_HINT}")
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world_size:
+        raise DistributedEnvError(
+            f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size}): {_LAUNCH_HINT}"
+        )
+    if local_rank < 0:
+        raise DistributedEnvError(f"LOCAL_RANK={local_rank} is negative: {_LAUNCH_HINT}")
+    return DistInfo(rank, world_size, local_rank)
 
 
 def dist_info() -> DistInfo:
-    """Rank, world size and local rank: from the process group if one is up, else from torchrun's env."""
+    """Rank, world size and local rank: from the process group if one is up, else from torchrun's env.
+
+    Raises:
+        DistributedEnvError: ``WORLD_SIZE`` is set and the other variables do not fit it.
+    """
     if torch_dist.is_available() and torch_dist.is_initialized():
         return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), _env_int("LOCAL_RANK", 0))
-    return DistInfo(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
+    return _env_info()
 
 
 def get_rank() -> int:
@@ -94,10 +135,27 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
 
     Returns:
         This process's :class:`DistInfo`.
+
+    Raises:
+        DistributedEnvError: the torchrun variables are inconsistent or incomplete.
     """
     info = dist_info()
+    stray = stray_variables()
+    if stray and not is_initialized():
+        logger.warning(
+            "%s set but WORLD_SIZE is not: this is not a torchrun job, running as one process "
+            "(unset %s to silence this warning)",
+            " and ".join(f"{name}={value}" for name, value in stray.items()),
+            " and ".join(stray),
+        )
     if not info.distributed or is_initialized():
         return info
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "")]
+    if missing:
+        raise DistributedEnvError(
+            f"WORLD_SIZE={info.world_size} and RANK={info.rank} are set but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: {_LAUNCH_HINT}"
+        )
     use_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
