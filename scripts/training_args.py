@@ -9,16 +9,30 @@ from pathlib import Path
 from typing import Any
 
 from latent_restore.core.config import ConfigError
-from latent_restore.core.training import launch, setup_logging
+from latent_restore.core.data import NoReadableImagesError
+from latent_restore.core.dist import DistributedEnvError
+from latent_restore.core.training import TrainingRefused, launch, setup_logging
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    """``--config``, repeated ``--set``, ``--out``, ``--resume``, ``--vgg-weights``, ``--quiet``."""
+    """The arguments every training script shares (``--config``, ``--set``, ``--out``, ``--resume``, ...).
+
+    An existing run folder is never restarted silently: without ``--resume`` or ``--overwrite`` a
+    folder holding checkpoints or final weights is refused (see ``latent_restore.core.training``).
+    """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML file with the settings of this run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", required=True, help="run folder (config, logs, checkpoints, weights)")
-    p.add_argument("--resume", help="'auto' (RUN_DIR/checkpoints/last.pt if present) or a checkpoint file")
+    p.add_argument(
+        "--resume",
+        help="'auto' (RUN_DIR/checkpoints/last.pt, else previous.pt, else start) or a checkpoint file",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run folder that holds an earlier run, discarding its checkpoints",
+    )
     p.add_argument("--vgg-weights", help="torchvision vgg19 state dict for the perceptual loss")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     return p
@@ -36,12 +50,18 @@ def run(
     build_task: Callable[[Any, Any], Any],
     extra: list[str],
 ) -> int:
-    """Train with ``--set`` overrides followed by the script's own shorthand ``extra`` overrides."""
-    setup_logging(Path(args.out), args.quiet)
+    """Train with ``--set`` overrides followed by the script's own shorthand ``extra`` overrides.
+
+    Returns:
+        0 when training finished. Settings errors exit 2 with the usage; refusals (a run folder
+        that would be overwritten, no usable checkpoint, a folder of unreadable images, an
+        inconsistent torchrun environment) exit 2 with their message and no traceback.
+    """
     overrides = [*args.set, *extra]
     if args.vgg_weights:
         overrides.append(assign("loss.vgg_weights", args.vgg_weights))
     try:
+        setup_logging(Path(args.out), args.quiet)
         launch(
             config_cls,
             build_task,
@@ -49,8 +69,11 @@ def run(
             overrides=overrides,
             out=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             quiet=args.quiet,
         )
     except ConfigError as exc:
         p.error(str(exc))
+    except (TrainingRefused, NoReadableImagesError, DistributedEnvError) as exc:
+        p.exit(2, f"{p.prog}: error: {exc}\n")
     return 0

@@ -20,7 +20,15 @@ Run folder layout::
     RUN_DIR/logs/events.*        TensorBoard scalars and sample grids (when tensorboard is installed)
     RUN_DIR/samples/*.png        sample grids
     RUN_DIR/checkpoints/last.pt  everything needed to resume, written atomically
+    RUN_DIR/checkpoints/previous.pt  the checkpoint before it (resume falls back to it)
     RUN_DIR/weights/<component>/ final weights (model.safetensors + config.json)
+
+Nothing in a run folder is lost by accident: :func:`launch` refuses to start afresh in a folder that
+holds checkpoints or final weights unless told to (``overwrite``), and to continue from a checkpoint
+other than the folder's own. Before each checkpoint replaces ``last.pt``, the one it replaces
+becomes ``previous.pt`` (a hard link, renamed into place), so a ``last.pt`` that cannot be read
+(truncated, emptied, overwritten by something else) costs one checkpoint interval, not the run:
+resume says which file was unusable and why, and continues from ``previous.pt``.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ import logging
 import math
 import os
 import random
+import secrets
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -52,14 +62,29 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from latent_restore.core import dist
-from latent_restore.core.atomic import write_atomic
+from latent_restore.core.atomic import TEMP_PREFIX, TEMP_SUFFIX, remove_stale_temporaries, write_atomic
 from latent_restore.core.checkpoint import save_component
 from latent_restore.core.config import ConfigError, dump_config_yaml, load_config
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+LAST_CHECKPOINT = "last.pt"
+PREVIOUS_CHECKPOINT = "previous.pt"
+_CHECKPOINT_KEYS = ("version", "step", "world_size", "models", "optimizers", "schedulers", "ema", "rng")
 C = TypeVar("C")
+
+
+class TrainingRefused(RuntimeError):
+    """A run will not start: starting would destroy earlier work, or there is nothing usable to continue.
+
+    The message names the files concerned and says what to do; entry points print it without a
+    traceback.
+    """
+
+
+class CheckpointUnusable(ValueError):
+    """A checkpoint file cannot be used to resume; the message says why (empty, truncated, ...)."""
 
 
 class Precision(str, enum.Enum):
@@ -335,6 +360,121 @@ def save_atomic(obj: Any, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+def keep_previous(last: Path, previous: Path) -> None:
+    """Make ``previous`` hold what ``last`` holds now, atomically, before ``last`` is replaced.
+
+    A hard link renamed over ``previous`` costs nothing whatever the checkpoint's size and leaves
+    ``last`` in place, so a kill at any moment leaves a complete ``last`` and a complete (older or
+    equal) ``previous``. Where the file system has no hard links the file is copied through the
+    atomic writer instead.
+    """
+    tmp = previous.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        os.link(last, tmp)
+    except OSError:
+        write_atomic(previous, lambda target: shutil.copyfile(last, target))
+        return
+    try:
+        os.replace(tmp, previous)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint written by :meth:`Trainer.save_checkpoint` (on the CPU, weights only).
+
+    Raises:
+        CheckpointUnusable: the file is missing, empty, truncated, not a torch file, or not a
+            training checkpoint of this version; the message says which, in one line.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CheckpointUnusable("missing") from None
+    if size == 0:
+        raise CheckpointUnusable("empty file (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files; all mean "unreadable"
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointUnusable(
+            f"cannot be read, truncated or damaged ({type(exc).__name__}{': ' + detail if detail else ''})"
+        ) from None
+    if not isinstance(state, dict) or any(key not in state for key in _CHECKPOINT_KEYS):
+        raise CheckpointUnusable(f"not a training checkpoint (a {type(state).__name__} without its keys)")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointUnusable(
+            f"checkpoint version {state['version']!r}, this package reads version {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def _same_path(a: str | os.PathLike[str], b: Path) -> bool:
+    return Path(a).resolve() == b.resolve()
+
+
+def check_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start a run that would destroy the work already in ``run_dir``.
+
+    ``resume=None`` (start afresh) is refused when the folder holds a checkpoint or final weights;
+    ``"auto"`` is refused when it holds final weights but no checkpoint to continue from (training
+    again from step 0 would replace them); a checkpoint path from elsewhere is refused when the
+    folder has checkpoints of its own, which the new run would overwrite. ``overwrite`` allows all
+    of these (:func:`discard_checkpoints` then removes the old checkpoints), except deleting the
+    very checkpoint ``resume`` names. Only reads: every rank may call it.
+
+    Raises:
+        TrainingRefused: with the files at stake and the flags that would proceed.
+    """
+    checkpoints = [run_dir / "checkpoints" / name for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT)]
+    checkpoints = [path for path in checkpoints if path.exists()]
+    weights = run_dir / "weights"
+    finished = weights.is_dir() and any(weights.iterdir())
+    if overwrite and resume == "auto":
+        raise TrainingRefused("--overwrite (start afresh) and --resume auto (continue) contradict each other")
+    if overwrite:
+        if resume is not None and any(_same_path(resume, path) for path in checkpoints):
+            raise TrainingRefused(
+                f"--overwrite would delete {resume}, the checkpoint --resume names: copy it out of "
+                f"{run_dir} first, or drop --overwrite"
+            )
+        return
+    held = [str(path) for path in checkpoints] + ([f"{weights}/ (final weights)"] if finished else [])
+    if resume is None and held:
+        raise TrainingRefused(
+            f"{run_dir} already holds a training run ({', '.join(held)}); starting again would overwrite "
+            "it. Continue it with --resume auto, start it afresh with --overwrite (this discards it), "
+            "or give another --out"
+        )
+    if resume == "auto" and finished and not checkpoints:
+        raise TrainingRefused(
+            f"{run_dir} holds final weights ({weights}) but no checkpoint to continue from; "
+            "--resume auto would train again from step 0 and replace them. Train afresh with "
+            "--overwrite instead of --resume, or give another --out"
+        )
+    if resume not in (None, "auto") and checkpoints and not any(_same_path(resume, p) for p in checkpoints):
+        raise TrainingRefused(
+            f"{run_dir} holds checkpoints of its own ({', '.join(map(str, checkpoints))}), which "
+            f"continuing from {resume} would overwrite: add --overwrite to discard them, or give "
+            "another --out"
+        )
+
+
+def discard_checkpoints(run_dir: Path) -> None:
+    """Remove the checkpoints of an earlier run in ``run_dir`` (``overwrite``), so that a fallback to
+    ``previous.pt`` can never resume the discarded run. Final weights stay until this run replaces them.
+    """
+    removed = []
+    for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = run_dir / "checkpoints" / name
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    if removed:
+        logger.warning("starting afresh as asked (--overwrite): removed %s", ", ".join(removed))
+
+
 class RunLogger:
     """Scalars to ``logs/scalars.jsonl`` and sample grids to ``samples/*.png``, always; both also to
     TensorBoard when it is installed (the optional ``train`` extra). Only rank 0 creates one.
@@ -443,7 +583,9 @@ class Trainer:
         self.info = dist.dist_info()
         self.step = 0
         self._batches_per_epoch = 1
-        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.checkpoint_path = self.run_dir / "checkpoints" / LAST_CHECKPOINT
+        self.previous_path = self.run_dir / "checkpoints" / PREVIOUS_CHECKPOINT
+        self._rotate = True
         self.float_dtype = torch.float64 if config.precision is Precision.FP64 else None
         for model in task.models.values():
             model.to(device, self.float_dtype).train()
@@ -518,30 +660,104 @@ class Trainer:
             seed_everything(self.config.seed + 1000 * self.step + self.info.rank)
 
     def save_checkpoint(self) -> None:
+        """Write ``last.pt`` atomically, after turning the one it replaces into ``previous.pt``.
+
+        After resuming from anything but ``last.pt`` (a fallback because it was unusable, or an
+        explicit ``previous.pt``) that file is not rotated: it is overwritten, and ``previous.pt``
+        stays the checkpoint this run continued from.
+        """
         state = self.state_dict()
         if self.info.is_main:
+            if self._rotate and self.checkpoint_path.is_file():
+                keep_previous(self.checkpoint_path, self.previous_path)
             save_atomic(state, self.checkpoint_path)
+            self._rotate = True
             logger.info("checkpoint at step %d -> %s", self.step, self.checkpoint_path)
         dist.barrier()
 
-    def resume(self, resume: str | None) -> None:
-        """``None``: fresh start; ``"auto"``: ``RUN_DIR/checkpoints/last.pt`` if present; else a path."""
+    def _check_fits(self, state: Mapping[str, Any]) -> None:
+        """Raise :class:`CheckpointUnusable` when ``state`` names other networks than this run's."""
+        for kind, mine in (
+            ("models", self.task.models),
+            ("optimizers", self.task.optimizers),
+            ("schedulers", self.schedulers),
+            ("ema", self.ema),
+        ):
+            if not isinstance(state[kind], Mapping) or set(state[kind]) != set(mine):
+                theirs = sorted(state[kind]) if isinstance(state[kind], Mapping) else state[kind]
+                raise CheckpointUnusable(f"its {kind} {theirs} are not this run's {sorted(mine)}")
+
+    def resume(self, resume: str | None, overwrite: bool = False) -> None:
+        """Continue from a checkpoint, or start from step 0.
+
+        Args:
+            resume: ``None``: start from step 0; ``"auto"``: the run's ``last.pt``, falling back
+                to ``previous.pt`` with a warning naming the unusable file and why, and from step 0
+                when there is neither; else a checkpoint file (no fallback, except that naming the
+                run's own ``last.pt`` is the same as ``"auto"``).
+            overwrite: with ``resume=None``, start from step 0 even though the run folder holds
+                checkpoints (:func:`launch` removes them first).
+
+        Raises:
+            TrainingRefused: ``resume=None`` in a folder with checkpoints and no ``overwrite``; a
+                named checkpoint is missing; no checkpoint is usable (the message lists each with
+                its reason and says what to do); or a checkpoint's tensors do not fit this run.
+        """
+        own = [self.checkpoint_path, self.previous_path]
         if resume is None:
-            if self.checkpoint_path.exists():
-                logger.warning(
-                    "%s exists but --resume was not given: starting from scratch and overwriting it",
-                    self.checkpoint_path,
+            existing = [str(path) for path in own if path.exists()]
+            if existing and not overwrite:
+                raise TrainingRefused(
+                    f"{', '.join(existing)} exist but no resume was asked for: continue with "
+                    "--resume auto, or start afresh with --overwrite (this discards them)"
                 )
             return
-        path = self.checkpoint_path if resume == "auto" else Path(resume)
-        if not path.is_file():
-            if resume == "auto":
-                logger.info("no checkpoint at %s: starting from scratch", path)
-                return
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.load_state_dict(state)
-        logger.info("resumed from %s at step %d", path, self.step)
+        auto = resume == "auto" or _same_path(resume, self.checkpoint_path)
+        if self.info.is_main and self.checkpoint_path.parent.is_dir():
+            remove_stale_temporaries(self.checkpoint_path.parent)
+        candidates = own if auto else [Path(resume)]
+        if not auto and not candidates[0].is_file():
+            raise TrainingRefused(f"checkpoint {resume} not found")
+        if auto and not any(path.exists() for path in own):
+            logger.info("no checkpoint at %s: starting from scratch", self.checkpoint_path)
+            return
+        problems: list[str] = []
+        for path in candidates:
+            try:
+                state = read_checkpoint(path)
+                self._check_fits(state)
+            except CheckpointUnusable as exc:
+                problems.append(f"{path}: {exc}")
+                continue
+            self._load_checkpoint(state, path)
+            self._rotate = path == self.checkpoint_path
+            if problems and self.info.is_main:
+                logger.warning(
+                    "checkpoint %s; resumed from %s at step %d instead (the steps after it are computed "
+                    "again; the unusable file is replaced at the next checkpoint)",
+                    "; ".join(problems),
+                    path,
+                    self.step,
+                )
+            logger.info("resumed from %s at step %d", path, self.step)
+            return
+        listing = "".join(f"\n  {problem}" for problem in problems)
+        raise TrainingRefused(
+            f"no usable checkpoint to resume from:{listing}\n"
+            "To train this run again from step 0, use --overwrite instead of --resume (this discards "
+            "the checkpoints above); to continue from another checkpoint, pass --resume PATH; if the "
+            "settings changed since they were written, resume with the run's earlier settings."
+        )
+
+    def _load_checkpoint(self, state: Mapping[str, Any], path: Path) -> None:
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise TrainingRefused(
+                f"checkpoint {path} does not fit this run's networks ({detail}): resume with the settings "
+                "it was written with, or start afresh with --overwrite"
+            ) from exc
 
     def _batches(self, loader: DataLoader, sampler: dist.ShardedSampler, dataset: Dataset) -> Iterator[Any]:
         """Micro-batches from the position that ``self.step`` implies, epoch after epoch, forever."""
@@ -601,10 +817,15 @@ class Trainer:
             for name, m in self.task.models.items():
                 m.train(modes[name])
 
-    def fit(self, resume: str | None = None) -> Path:
-        """Train until ``total_steps``; returns ``RUN_DIR/weights``."""
+    def fit(self, resume: str | None = None, overwrite: bool = False) -> Path:
+        """Train until ``total_steps``; returns ``RUN_DIR/weights``.
+
+        Args:
+            resume: ``None``, ``"auto"`` or a checkpoint path (see :meth:`resume`).
+            overwrite: start from step 0 although the run folder holds checkpoints.
+        """
         config = self.config
-        self.resume(resume)
+        self.resume(resume, overwrite)
         dataset = self.task.dataset()
         sampler = dist.ShardedSampler(len(dataset), config.seed, self.info.rank, self.info.world_size)
         loader = DataLoader(
@@ -712,6 +933,7 @@ def launch(
     overrides: list[str],
     out: str,
     resume: str | None = None,
+    overwrite: bool = False,
     quiet: bool = False,
     argv: list[str] | None = None,
 ) -> Path:
@@ -728,15 +950,23 @@ def launch(
         overrides: ``a.b=c`` assignments.
         out: the run folder.
         resume: ``None``, ``"auto"`` or a checkpoint path.
+        overwrite: start afresh in a run folder that holds an earlier run: its checkpoints are
+            removed first (its final weights are replaced when this run finishes). Without it, a
+            folder with checkpoints or weights is only continued (see :func:`check_run_dir`).
         quiet: no progress bar, warnings only.
         argv: the command line to record (defaults to ``sys.argv``).
 
     Returns:
         The weights directory of the finished run.
+
+    Raises:
+        TrainingRefused: before anything in ``out`` is written, when starting would overwrite an
+            earlier run; or when no checkpoint is usable for ``resume``.
     """
     config = load_config(config_cls, config_path, overrides)
     train_config: TrainConfig = config.train  # type: ignore[attr-defined]
     run_dir = Path(out)
+    check_run_dir(run_dir, resume, overwrite)
     info = dist.dist_info()
     device = resolve_device(train_config.device, info.local_rank)
     if train_config.cpu_threads > 0:
@@ -745,6 +975,8 @@ def launch(
     stack = contextlib.ExitStack()
     try:
         if info.is_main:
+            if overwrite:
+                discard_checkpoints(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_config_yaml(config), encoding="utf-8")
             command = argv if argv is not None else [sys.executable, *sys.argv]
@@ -766,7 +998,7 @@ def launch(
             info.world_size,
             device,
         )
-        weights = trainer.fit(resume)
+        weights = trainer.fit(resume, overwrite)
         # Leave together: a rank tearing gloo down while another still talks to it aborts the process.
         dist.barrier()
     finally:
