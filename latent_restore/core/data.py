@@ -7,20 +7,29 @@ values in ``[-1, 1]``. Unlike the released code, randomness is a pure function o
 index gives a different sample in another epoch, and DataLoader workers need no seeding of
 global state. Images smaller than the crop are upscaled (bicubic) until the short side fits
 instead of being discarded, so tiny folders remain usable.
+
+Training folders are checked when an :class:`ImagePool` is built, before step 1: empty, truncated
+and non-image files are skipped with one warning that lists each with its reason (see
+:func:`image_problem`), so a single broken file among a thousand photos neither kills a run hours
+in nor again after resume. A folder whose files are all unreadable is refused
+(:class:`NoReadableImagesError`). Skipping rather than refusing is deliberate: the check is a pure
+function of the files, so a resumed run skips the same ones and sees the same data order.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from latent_restore.core import dist
 from latent_restore.core.imaging import IMAGE_EXTENSIONS, ImageReadError, decode_image
 from latent_restore.core.splits import split
 
@@ -72,6 +81,149 @@ def load_rgb(path: str | Path) -> np.ndarray:
         return decode_image(path).to_rgb8()
     except ImageReadError as exc:
         raise OSError(f"cannot read image {path}: {exc}") from exc
+
+
+class NoReadableImagesError(FileNotFoundError):
+    """Image files were found, but none of them can be read (the message lists them with reasons)."""
+
+
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+"""Markers without a length field (TEM, RST0-7)."""
+
+
+def _jpeg_next_marker(data: bytes, pos: int) -> int:
+    """Offset of the 0xFF that starts the next marker at or after ``pos``, or -1 at the end of ``data``.
+
+    Inside entropy-coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart marker;
+    extra 0xFF bytes before a marker are fill. ``bytes.find`` keeps this far cheaper than decoding.
+    """
+    size = len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= size:
+            return -1
+        code = data[pos + 1]
+        if code == 0xFF:
+            pos += 1
+        elif code == 0x00 or 0xD0 <= code <= 0xD7:
+            pos += 2
+        else:
+            return pos
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """Whether the JPEG in ``data`` reaches its end-of-image marker.
+
+    Walks the segments by their lengths (so an EXIF thumbnail's own end marker is skipped) and the
+    entropy-coded scans to the next marker. A truncated file runs out before the end marker; data
+    appended after it (a phone's motion-photo video) is allowed, as decoders stop there too. Costs
+    one read of the file and a byte search, far less than decoding.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    size, pos = len(data), 2
+    while True:
+        if pos + 1 >= size:
+            return False
+        if data[pos] != 0xFF or data[pos + 1] == 0xFF:
+            pos = _jpeg_next_marker(data, pos)  # extraneous bytes or fill before a marker
+            if pos < 0:
+                return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return False
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        pos += 2 + length
+        if length < 2 or pos > size:
+            return False
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            pos = _jpeg_next_marker(data, pos)
+            if pos < 0:
+                return False
+
+
+def _tiff_is_complete(image: Image.Image, file_size: int) -> bool:
+    """Whether every strip (or tile) of the first TIFF page lies inside the file."""
+    tags = getattr(image, "tag_v2", {})
+    offsets, counts = tags.get(273), tags.get(279)  # StripOffsets, StripByteCounts
+    if offsets is None or counts is None:
+        offsets, counts = tags.get(324), tags.get(325)  # TileOffsets, TileByteCounts
+    if offsets is None or counts is None:
+        return False
+    offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+    counts = counts if isinstance(counts, tuple) else (counts,)
+    if len(offsets) != len(counts) or not offsets:
+        return False
+    return max(o + c for o, c in zip(offsets, counts, strict=True)) <= file_size
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why the image file ``path`` cannot be used for training, or ``None`` when it can.
+
+    Cheap where the format allows it, and still catching truncated files: the header is parsed
+    with Pillow (no pixels decoded); then PNG files have their chunk structure and CRCs verified
+    up to the end chunk, JPEG files their segments walked to the end-of-image marker
+    (:func:`_jpeg_is_complete`) and TIFF files their strips checked to lie inside the file. Files
+    of other formats, and files a fast check finds wanting, are decoded completely by the
+    training reader (:func:`~latent_restore.core.imaging.decode_image`), which has the last word,
+    so a file that decodes is never rejected. A file whose structure is intact but whose
+    compressed data is corrupted can still pass and fail when it is decoded during training.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        ``None`` for a usable file, else a short reason (``"empty file (0 bytes)"``, ...).
+    """
+    path = Path(path)
+    try:
+        file_size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if file_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(path) as image:
+            if image.width < 1 or image.height < 1:
+                return "image has no pixels"
+            if image.format == "PNG":
+                image.verify()
+                return None
+            if image.format in ("JPEG", "MPO") and _jpeg_is_complete(path.read_bytes()):
+                return None
+            if image.format == "TIFF" and _tiff_is_complete(image, file_size):
+                return None
+    except UnidentifiedImageError:
+        return "not an image file (unknown format)"
+    except Image.DecompressionBombError as exc:
+        return f"refused: {exc}"
+    except (OSError, SyntaxError, ValueError, EOFError):
+        pass  # the fast check failed: let the decoder decide (and give its reason)
+    try:
+        decode_image(path)
+    except ImageReadError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    return None
+
+
+def readable_images(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The usable files of ``paths``, and ``(path, reason)`` for the others (:func:`image_problem`)."""
+    usable: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+    for path in paths:
+        reason = image_problem(path)
+        if reason is None:
+            usable.append(path)
+        else:
+            unreadable.append((path, reason))
+    return usable, unreadable
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -242,13 +394,20 @@ def training_images(
 
 
 class ImagePool:
-    """Sorted image files with optional in-memory caching of decoded images (for small folders).
+    """Sorted, readable image files with optional in-memory caching of decoded images (for small folders).
+
+    Every file is checked once here (:func:`image_problem`); unreadable ones are left out with a
+    warning (on the main process) that lists each with its reason, and kept in
+    :attr:`unreadable`. When files were found but none is readable, the pool refuses.
 
     Args:
         dirs: image folder(s).
         cache: keep decoded images in memory.
         recursive: descend into sub-folders.
         exclude_held_out: leave out the held-out evaluation photos (see :func:`training_images`).
+
+    Raises:
+        NoReadableImagesError: image files were found and none of them can be read.
     """
 
     def __init__(
@@ -258,7 +417,22 @@ class ImagePool:
         recursive: bool = True,
         exclude_held_out: bool = False,
     ) -> None:
-        self.paths = training_images(dirs, recursive=recursive, exclude_held_out=exclude_held_out)
+        found = training_images(dirs, recursive=recursive, exclude_held_out=exclude_held_out)
+        self.paths, self.unreadable = readable_images(found)
+        where = str(dirs) if isinstance(dirs, (str, Path)) else ", ".join(str(d) for d in dirs)
+        listing = "".join(f"\n  {path}: {reason}" for path, reason in self.unreadable)
+        if found and not self.paths:
+            raise NoReadableImagesError(
+                f"none of the {len(found)} image files in {where} can be read:{listing}"
+            )
+        if self.unreadable and dist.is_main_process():
+            logger.warning(
+                "skipping %d of %d image files in %s that cannot be read (fix or remove them to use them):%s",
+                len(self.unreadable),
+                len(found),
+                where,
+                listing,
+            )
         self.cache = cache
         self._decoded: dict[int, np.ndarray] = {}
 
