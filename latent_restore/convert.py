@@ -291,9 +291,6 @@ def identify(state_dict: StateDict, label: str | PurePath) -> Family:
     return found[0]
 
 
-# ---------------------------------------------------------------------------------------- sources
-
-
 @dataclass(frozen=True)
 class CheckpointFile:
     """One released checkpoint inside a source.
@@ -396,6 +393,11 @@ def _open_archive(path: Path, stack: contextlib.ExitStack, max_bytes: int, diges
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ConversionError(f"{path}: neither a folder nor a readable zip archive ({exc})") from exc
     check_archive_members(archive, path, max_bytes)
+    if any(name.endswith("/data.pkl") for name in archive.namelist()):
+        raise ConversionError(
+            f"{path} is a single PyTorch checkpoint, not a release archive: pass the release zip, or "
+            "the folder it was unzipped into (the folder names pick the roles of some networks)"
+        )
     files, infos = [], {}
     for info in archive.infolist():
         if info.is_dir():
@@ -460,9 +462,6 @@ def open_source(
             "[Global/]checkpoints/detection/*.pt and [Face_Enhancement/]checkpoints/<name>/*.pth)"
         )
     return source
-
-
-# ---------------------------------------------------------------------------------------- converting
 
 
 @dataclass

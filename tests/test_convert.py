@@ -307,7 +307,13 @@ def test_text_files_and_symlinks_to_them_are_refused_without_traceback(tmp_path,
         convert_official(tree, tmp_path / "w")
     link = tmp_path / "release.zip"
     link.symlink_to(notes)
-    for path, message in ((notes, "neither a folder nor a readable zip"), (link, "neither a folder nor")):
+    single = tmp_path / "latest_net_G.pth"
+    torch.save({"encoder.1.weight": torch.zeros(1)}, single)
+    for path, message in (
+        (notes, "neither a folder nor a readable zip"),
+        (link, "neither a folder nor"),
+        (single, "a single PyTorch checkpoint, not a release archive"),
+    ):
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             assert main(["convert", "--official", str(path), "--out", str(tmp_path / "w")]) == 2
