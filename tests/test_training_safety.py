@@ -132,9 +132,18 @@ def _damage(path: Path, how: str) -> None:
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "text", "foreign"])
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("empty", "empty file (0 bytes)"),
+        ("truncated", "truncated or damaged"),
+        ("garbage", "not a torch checkpoint"),
+        ("text", "not a torch checkpoint"),
+        ("foreign", "not a training checkpoint"),
+    ],
+)
 def test_resume_falls_back_to_previous_when_last_is_unusable(
-    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, how: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     straight = _trainer(tmp_path / "straight")
     straight.fit()
@@ -147,7 +156,8 @@ def test_resume_falls_back_to_previous_when_last_is_unusable(
     with caplog.at_level(logging.WARNING):
         resumed.fit(resume="auto")
     warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert str(last) in warning and "previous.pt at step 4" in warning
+    assert f"{last}: {reason}" in warning and "previous.pt at step 4" in warning
+    assert "weights_only" not in warning  # never torch's advice to load an unsafe file unsafely
     # Continuing from step 4 gives exactly the uninterrupted run.
     for key, value in _weights(straight).items():
         assert torch.equal(_weights(resumed)[key], value), key
@@ -174,7 +184,7 @@ def test_resume_refuses_clearly_when_no_checkpoint_is_usable(tmp_path: Path) -> 
     with pytest.raises(TrainingRefused) as refused:
         _trainer(tmp_path).fit(resume="auto")
     message = str(refused.value)
-    assert f"{last}: cannot be read" in message and f"{previous}: empty file (0 bytes)" in message
+    assert f"{last}: truncated" in message and f"{previous}: empty file (0 bytes)" in message
     assert "--overwrite" in message and "--resume PATH" in message
     # An explicitly named damaged file is refused the same way, naming it, with no fallback.
     with pytest.raises(TrainingRefused, match=r"previous\.pt: empty file"):

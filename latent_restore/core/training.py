@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import secrets
 import shlex
@@ -394,12 +395,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointUnusable("missing") from None
     if size == 0:
         raise CheckpointUnusable("empty file (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        raise CheckpointUnusable("not a torch checkpoint file (it does not start like one)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which must never be done with a file
+        # that fails to load safely.
+        raise CheckpointUnusable("not a torch checkpoint: its contents do not unpickle as tensors") from None
+    except EOFError:
+        raise CheckpointUnusable("truncated: the file ends early") from None
     except Exception as exc:  # torch raises many types for damaged files; all mean "unreadable"
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        detail = str(exc).strip().split(". ")[0].splitlines()[0][:200] if str(exc).strip() else ""
         raise CheckpointUnusable(
-            f"cannot be read, truncated or damaged ({type(exc).__name__}{': ' + detail if detail else ''})"
+            f"truncated or damaged ({type(exc).__name__}{': ' + detail if detail else ''})"
         ) from None
     if not isinstance(state, dict) or any(key not in state for key in _CHECKPOINT_KEYS):
         raise CheckpointUnusable(f"not a training checkpoint (a {type(state).__name__} without its keys)")
