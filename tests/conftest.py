@@ -23,15 +23,31 @@ def fixture_dir() -> Path:
 
 
 def fixture_index() -> dict[str, dict]:
+    """The fixtures' ``index.json``; empty when ``../shared`` is absent (the tests then skip).
+
+    Raises:
+        FileNotFoundError: ``$LATENT_RESTORE_FIXTURES`` names a folder without ``index.json`` —
+            a mistyped path must fail loudly, not collect zero cases.
+    """
     path = fixture_dir() / "index.json"
     if not path.is_file():
+        if os.environ.get("LATENT_RESTORE_FIXTURES"):
+            raise FileNotFoundError(f"LATENT_RESTORE_FIXTURES={fixture_dir()} has no index.json")
         return {}
     return json.loads(path.read_text())
 
 
-def fixture_entries(prefixes: tuple[str, ...]) -> list[str]:
-    """File names of the fixtures whose name starts with one of ``prefixes`` (one test each)."""
-    return sorted(name for name in fixture_index() if name.startswith(prefixes))
+def fixture_entries(prefixes: tuple[str, ...]) -> list:
+    """File names of the fixtures whose name starts with one of ``prefixes`` (one test each).
+
+    Without any fixture folder, one parameter that skips and says why, so the run reports the
+    missing fixtures instead of silently collecting nothing.
+    """
+    names = sorted(name for name in fixture_index() if name.startswith(prefixes))
+    if names:
+        return names
+    reason = f"no equivalence fixtures at {fixture_dir()} (they come with ../shared/spec)"
+    return [pytest.param(None, id="no-fixtures", marks=pytest.mark.skip(reason=reason))]
 
 
 def _first_existing(candidates: Iterable[Path]) -> Path:

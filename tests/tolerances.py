@@ -41,3 +41,19 @@ def assert_exact(ours, ref, name: str) -> None:
     assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
     mismatches = int((ours != ref).sum())
     assert mismatches == 0, f"{name}: {mismatches} values differ"
+
+
+def assert_geometry_close(ours, ref, name: str, rtol: float = 1e-12) -> None:
+    """Floating-point geometry (alignment matrices, landmark means): equal within ``rtol`` relative.
+
+    Integer and index arrays stay exact: only the last bits of a float computation may differ
+    between BLAS builds.
+    """
+    ours, ref = _np(ours), _np(ref)
+    if not (np.issubdtype(ref.dtype, np.floating) or np.issubdtype(ours.dtype, np.floating)):
+        assert_exact(ours, ref, name)
+        return
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
+    scale = max(float(np.abs(ref).max(initial=0.0)), 1e-300)
+    diff = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
+    assert diff <= rtol * scale, f"{name}: max |diff| {diff:.3g} > {rtol:g} x {scale:.3g}"
