@@ -114,7 +114,19 @@ def _weights_dir(args: argparse.Namespace) -> str | None:
 def _shard(text: str | None) -> tuple[int, int]:
     """``K/N`` from the command line, else the torchrun rank and world size, else ``0/1``."""
     if text is None:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            if (rank, world) != (None, None):
+                logger.warning(
+                    "ignoring %s without %s (torchrun sets both): restoring every photo",
+                    "RANK" if world is None else "WORLD_SIZE",
+                    "WORLD_SIZE" if world is None else "RANK",
+                )
+            return 0, 1
+        try:
+            return int(rank), int(world)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"RANK={rank!r}, WORLD_SIZE={world!r}: not integers") from None
     try:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
@@ -124,12 +136,15 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 def _run(args: argparse.Namespace) -> int:
     from latent_restore.batch import run_batch
+    from latent_restore.core.checkpoint import CheckpointError
+    from latent_restore.core.config import ConfigError
     from latent_restore.pipeline import (
         Precision,
         Preset,
         RestorationModel,
         RestorationOptions,
         RestorationPipeline,
+        ScratchContext,
         WeightsNotFoundError,
     )
 
@@ -138,9 +153,6 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         shard_index, shard_count = _shard(args.shard)
-        pipeline = RestorationPipeline.from_pretrained(
-            weights, device=args.device, precision=Precision(args.precision), faces=not args.no_faces
-        )
         options = RestorationOptions(
             with_scratch=args.with_scratch,
             hr=args.hr,
@@ -148,6 +160,17 @@ def _run(args: argparse.Namespace) -> int:
             preset=Preset(args.preset),
             model=RestorationModel(args.model),
             colorize=args.colorize,
+            face_size=args.face_size,
+            scratch_context=ScratchContext(args.scratch_context),
+        )
+        for note in options.ignored_flags():
+            logger.warning("%s", note)
+        pipeline = RestorationPipeline.from_pretrained(
+            weights,
+            device=args.device,
+            precision=Precision(args.precision),
+            faces=not args.no_faces,
+            max_pixels=args.max_pixels,
         )
         summary = run_batch(
             pipeline,
@@ -166,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
         FileNotFoundError,
         PermissionError,
         ValueError,
+        CheckpointError,
+        ConfigError,
         argparse.ArgumentTypeError,
     ) as exc:
         logger.error("%s", exc)
@@ -204,6 +229,28 @@ def _degrade(args: argparse.Namespace) -> int:
     return 1 if summary.skipped else 0
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {port}")
+    return port
+
+
+def _positive_float(text: str) -> float:
+    """A number above zero for argparse (sizes and durations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     from latent_restore.pipeline import Precision, RestorationPipeline, WeightsNotFoundError
     from latent_restore.web.app import serve
@@ -213,9 +260,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         pipeline = RestorationPipeline.from_pretrained(
-            weights, device=args.device, precision=Precision(args.precision), faces=not args.no_faces
+            weights,
+            device=args.device,
+            precision=Precision(args.precision),
+            faces=not args.no_faces,
+            max_pixels=args.max_pixels,
         )
-        serve(
+        stopped = serve(
             pipeline,
             host=args.host,
             port=args.port,
@@ -226,6 +277,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (WeightsNotFoundError, OSError, RuntimeError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    if not stopped:
+        # The worker is inside a long torch call: interpreter teardown under it would abort
+        # (SIGABRT). The temporary files are already removed, so nothing is lost by leaving now.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -259,8 +315,28 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("latent-restore")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latent-restore", description="Bring old photos back to life.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars; only warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -346,7 +422,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--with-scratch", action="store_true", help="detect and repair scratches, cracks and dust"
     )
-    run.add_argument("--hr", action="store_true", help="patch-attention mapping for large scratched photos")
+    run.add_argument(
+        "--hr",
+        action="store_true",
+        help="with --with-scratch: the patch-attention mapping, for large scratched photos",
+    )
+    run.add_argument(
+        "--scratch-context",
+        choices=["tiled", "global"],
+        default="tiled",
+        help="with --with-scratch: attend within tiles sized so scratch repair costs about 1.5x the "
+        "quality mode (tiled, default) or over the whole photo (global: the released behaviour, "
+        "hours on large scans)",
+    )
+    run.add_argument(
+        "--face-size",
+        type=int,
+        choices=[256, 512],
+        help="face generator to use when both are present (default 256; 512 under --preset official --hr)",
+    )
     run.add_argument("--no-faces", action="store_true", help="do not enhance faces")
     run.add_argument(
         "--model",
@@ -360,7 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="colorize the result as the last stage (keeps lightness; gray photos otherwise stay gray)",
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    run.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    run.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 halves memory and is faster where the CPU (AVX-512 BF16/AMX) or GPU supports it "
+        "natively; elsewhere fp32 is used (default: fp32)",
+    )
+    run.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        help="refuse photos with more pixels than this, before decoding them "
+        "(default: what half of this machine's free memory can restore)",
+    )
     run.add_argument("--weights", help=WEIGHTS_HELP)
     run.add_argument(
         "--preset",
@@ -424,15 +530,27 @@ def build_parser() -> argparse.ArgumentParser:
         "and results stay in a private temporary folder and are deleted after --ttl-minutes and on exit.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=7860, help="TCP port; 0 picks a free one (default: 7860)")
+    serve.add_argument(
+        "--port", type=_port, default=7860, help="TCP port; 0 picks a free one (default: 7860)"
+    )
     serve.add_argument("--weights", help=WEIGHTS_HELP)
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     serve.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     serve.add_argument("--no-faces", action="store_true", help="do not load the face model")
-    serve.add_argument("--max-upload-mb", type=float, default=50, help="largest upload (default: 50)")
-    serve.add_argument("--queue-size", type=int, default=32, help="most photos waiting at once (default: 32)")
     serve.add_argument(
-        "--ttl-minutes", type=float, default=60, help="how long results are kept (default: 60)"
+        "--max-upload-mb", type=_positive_float, default=50, help="largest upload (default: 50)"
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        help="largest photo accepted, in pixels (5e7 = 50 megapixels); larger ones answer 413 before "
+        "they are decoded (default: what half of this machine's free memory can restore)",
+    )
+    serve.add_argument(
+        "--queue-size", type=_positive_int, default=32, help="most photos waiting at once (default: 32)"
+    )
+    serve.add_argument(
+        "--ttl-minutes", type=_positive_float, default=60, help="how long results are kept (default: 60)"
     )
     serve.set_defaults(handler=_serve)
     return parser

@@ -42,14 +42,33 @@ logger = logging.getLogger(__name__)
 MIN_NETWORK_SIDE = 16
 DETECTOR_SHORT_SIDE = 256
 TILE_OVERLAP = 64
-MAX_ATTENTION_CELLS = 256 * 256
-"""Largest latent (in cells) the non-local block attends over in one piece; beyond it the
-quadratic compute (not memory) makes tiles the better choice."""
+ATTENTION_SHARE = 0.4
+"""With ``scratch_context=tiled``, the partial non-local block may cost at most this fraction of
+the convolutions' work: with detection and tile overlaps a scratched photo then costs about 1.5x
+its quality-mode time, whatever its size (whole-photo attention grows with the square of the
+pixel count)."""
+MIN_CONTEXT_TILE = 256
+"""Smallest tile side (pixels) the time plan cuts a scratched photo into: below it the attention
+would see too little undamaged context to fill a scratch from."""
+PROBE_SIDE = 64
+"""Side of the probe image whose convolution work (counted by hooks) gives each path's cost per pixel."""
 
 
 class Preset(str, enum.Enum):
     DEFAULT = "default"
     OFFICIAL = "official"
+
+
+class ScratchContext(str, enum.Enum):
+    """How much of a scratched photo the partial non-local block attends over.
+
+    ``tiled`` bounds the attention's quadratic work by tiles (see :data:`ATTENTION_SHARE`);
+    ``global`` attends over the whole photo in one piece whenever memory allows (the released
+    behaviour, slow on large photos).
+    """
+
+    TILED = "tiled"
+    GLOBAL = "global"
 
 
 class Precision(str, enum.Enum):
@@ -106,6 +125,7 @@ class RestorationOptions:
         colorize: colorize the result as the last stage (gray photos then come out in colour).
         face_size: 256 or 512, the face generator to use when both are present; None = 256, or
             512 under the ``official`` preset with ``hr`` (what the released pipeline does).
+        scratch_context: ``tiled`` (bounded time) or ``global`` attention in scratch mode.
     """
 
     with_scratch: bool = False
@@ -117,10 +137,12 @@ class RestorationOptions:
     model: RestorationModel = RestorationModel.TWO_VAE
     colorize: bool = False
     face_size: int | None = None
+    scratch_context: ScratchContext = ScratchContext.TILED
 
     def __post_init__(self) -> None:
         self.model = RestorationModel(self.model)
         self.preset = Preset(self.preset)
+        self.scratch_context = ScratchContext(self.scratch_context)
         if self.face_size not in (None, 256, 512):
             raise ValueError(f"face_size must be 256 or 512, got {self.face_size}")
 
@@ -298,6 +320,7 @@ class RestorationPipeline:
         self.memory_limit = memory_limit
         self.max_pixels = max_pixels if max_pixels is not None else default_max_pixels(self.device)
         self.stage_callback: Callable[[str], None] | None = None
+        self._conv_macs: dict[tuple[Component, Component], float] = {}
         # Called with (done, total) after each tile of the global stage (the web page cancels there).
         self.tile_callback: Callable[[int, int], None] | None = None
 
@@ -475,8 +498,55 @@ class RestorationPipeline:
             return Component.MAPPING_QUALITY, Component.VAE_B_QUALITY
         return (Component.MAPPING_HR if hr else Component.MAPPING_SCRATCH), Component.VAE_B_SCRATCH
 
-    def _plan(self, height: int, width: int, mapping: Component) -> tuple[str, int | None]:
-        """Choose how to compute the global stage: in one piece, or tiles of what side."""
+    def _conv_macs_per_pixel(self, mapping: Component, decoder: Component) -> float:
+        """Multiply-accumulates of the path's convolutions per photo pixel, counted once by hooks on a
+        probe image (the networks' sizes, not assumptions about them)."""
+        key = (mapping, decoder)
+        if key not in self._conv_macs:
+            count = [0]
+
+            def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+                # Conv2d: every output value sums Cin/g * kh * kw products (weight[0]); a transposed
+                # convolution spreads every input value over Cout/g * kh * kw outputs (its weight[0]).
+                spread = inputs[0] if isinstance(module, nn.ConvTranspose2d) else output
+                count[0] += spread.numel() * module.weight[0].numel()
+
+            modules = [self.components.get(c) for c in (Component.VAE_A, mapping, decoder)]
+            handles = [
+                m.register_forward_hook(hook)
+                for net in modules
+                for m in net.modules()
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+            ]
+            try:
+                probe = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE)
+                mask = (
+                    torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE)
+                    if mapping is not Component.MAPPING_QUALITY
+                    else None
+                )
+                self._global_forward(mapping, decoder, probe, mask)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._conv_macs[key] = count[0] / PROBE_SIDE**2
+        return self._conv_macs[key]
+
+    def _plan(
+        self,
+        height: int,
+        width: int,
+        mapping: Component,
+        decoder: Component,
+        context: ScratchContext = ScratchContext.TILED,
+    ) -> tuple[str, int | None]:
+        """Choose how to compute the global stage: in one piece, or tiles of what side.
+
+        Memory first: the estimate of :func:`estimate_global_bytes` must fit the budget. Then time,
+        for the partial non-local block under ``tiled`` context: its work (``2 C N^2`` for ``N``
+        latent cells attended together) may be at most :data:`ATTENTION_SHARE` of the
+        convolutions' work, which bounds the tile side at ``m^2 sqrt(share * macs_per_pixel / 2C)``.
+        """
         config = self.components.get(mapping).config
         latent_width = config.widths()[-1]
         encoder = self.components.get(Component.VAE_A).config
@@ -485,28 +555,47 @@ class RestorationPipeline:
         budget = (
             self.memory_limit if self.memory_limit is not None else int(available_memory(self.device) * 0.8)
         )
-        cells = math.ceil(height / multiple) * math.ceil(width / multiple)
 
         def estimate(h: int, w: int) -> int:
             return estimate_global_bytes(h, w, latent_width, attention, multiple, image_width)
 
-        fits = estimate(height, width) <= budget
-        if fits and not (attention and cells > MAX_ATTENTION_CELLS):
+        time_tile = None
+        if attention and context is ScratchContext.TILED:
+            macs_per_pixel = self._conv_macs_per_pixel(mapping, decoder)
+            cells = math.ceil(height / multiple) * math.ceil(width / multiple)
+            attention_macs = 2 * latent_width * cells**2
+            conv_macs = macs_per_pixel * height * width
+            if attention_macs > ATTENTION_SHARE * conv_macs:
+                side = multiple**2 * math.sqrt(ATTENTION_SHARE * macs_per_pixel / (2 * latent_width))
+                time_tile = max(MIN_CONTEXT_TILE, int(side) // multiple * multiple)
+        if estimate(height, width) <= budget and (time_tile is None or max(height, width) <= time_tile):
             return (
                 {Component.MAPPING_SCRATCH: "nonlocal", Component.MAPPING_HR: "patch-attention"}.get(
                     mapping, "full"
                 ),
                 None,
             )
-        tile = multiple * int(math.sqrt(MAX_ATTENTION_CELLS)) if attention else 2048
-        while tile > 256 and estimate(tile, tile) > budget:
-            tile //= 2
+        tile = time_tile if time_tile is not None else 2048
+        while tile > MIN_CONTEXT_TILE and estimate(tile, tile) > budget:
+            tile = max(MIN_CONTEXT_TILE, tile // 2 // multiple * multiple)
+        if time_tile is not None:
+            logger.info(
+                "scratch context: whole-photo attention would cost %.1f GMAC against %.1f GMAC of "
+                "convolutions; attending within %d px tiles instead (--scratch-context global keeps it)",
+                attention_macs / 1e9,
+                conv_macs / 1e9,
+                tile,
+            )
         if estimate(tile, tile) > budget:
             raise MemoryError(f"not even a {tile}x{tile} tile fits in the {budget / 2**30:.1f} GiB available")
         return f"tiles {tile}x{tile}", tile
 
     def restore_global(
-        self, rgb: np.ndarray, mask: np.ndarray | None, hr: bool = False
+        self,
+        rgb: np.ndarray,
+        mask: np.ndarray | None,
+        hr: bool = False,
+        context: ScratchContext = ScratchContext.TILED,
     ) -> tuple[np.ndarray, str]:
         """Global restoration of float RGB ``H x W x 3`` in [0, 1] at its own size.
 
@@ -514,6 +603,7 @@ class RestorationPipeline:
             rgb: the photo.
             mask: bool/0-1 ``H x W`` defect mask (scratch modes) or None (quality mode).
             hr: with a mask, use the patch-attention mapping (and the released 7x7 mask dilation).
+            context: how far the partial non-local block attends (see :class:`ScratchContext`).
 
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path taken.
@@ -528,7 +618,7 @@ class RestorationPipeline:
             m = torch.from_numpy(mask_u8.astype(np.float32) / 255.0)[None, None]
             rgb = rgb * (1.0 - m[0, 0].numpy()[..., None]) + m[0, 0].numpy()[..., None]
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
-        path, tile = self._plan(x.shape[-2], x.shape[-1], mapping)
+        path, tile = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
         logger.info("global restoration: %s (%dx%d)", path, x.shape[-1], x.shape[-2])
 
         def forward(piece: torch.Tensor, piece_mask: torch.Tensor | None) -> torch.Tensor:
@@ -608,7 +698,7 @@ class RestorationPipeline:
         if options.model is RestorationModel.PIX2PIX:
             restored, path = self.restore_pix2pix(photo.rgb)
         else:
-            restored, path = self.restore_global(photo.rgb, mask, options.hr)
+            restored, path = self.restore_global(photo.rgb, mask, options.hr, options.scratch_context)
         _check_finite(restored, "global restoration")
         if restored.shape[:2] != photo.size:
             raise IncompatibleWeightsError(

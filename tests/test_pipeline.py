@@ -146,7 +146,7 @@ def test_faces_are_found_and_enhanced(tiny_weights) -> None:
 
     pipeline = RestorationPipeline.from_pretrained(tiny_weights, device="cpu")
     # Random tiny global networks would scramble the face; keep the photo as it is instead.
-    pipeline.restore_global = lambda rgb, mask, hr=False: (rgb, "identity")
+    pipeline.restore_global = lambda rgb, mask, *args: (rgb, "identity")
     photo = read_photo(sorted((DATA / "faces" / "gfpgan_cropped").iterdir())[0])
     with_faces = pipeline(photo, RestorationOptions(return_stages=True))
     assert len(with_faces.face_boxes) == 1
@@ -164,3 +164,26 @@ def test_core_import_does_not_load_the_pipeline() -> None:
 
     code = "import sys, latent_restore.core.checkpoint; sys.exit('latent_restore.pipeline' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_scratch_plan_bounds_the_attention_work(tiny_weights) -> None:
+    from latent_restore.pipeline import ATTENTION_SHARE, MIN_CONTEXT_TILE, ScratchContext
+
+    pipe = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
+    mapping, decoder = Component.MAPPING_SCRATCH, Component.VAE_B_SCRATCH
+    macs = pipe._conv_macs_per_pixel(mapping, decoder)
+    assert macs > 0
+    multiple = pipe.components.get(Component.VAE_A).config.multiple
+    width = pipe.components.get(mapping).config.widths()[-1]
+    path, tile = pipe._plan(1536, 2048, mapping, decoder, ScratchContext.TILED)
+    assert path.startswith("tiles") and tile >= MIN_CONTEXT_TILE
+    cells = (tile // multiple) ** 2
+    assert tile == MIN_CONTEXT_TILE or 2 * width * cells**2 <= ATTENTION_SHARE * macs * tile * tile
+    assert pipe._plan(1536, 2048, mapping, decoder, ScratchContext.GLOBAL) == ("nonlocal", None)
+    # Small photos keep whole-photo attention: it is cheap there.
+    assert pipe._plan(64, 96, mapping, decoder, ScratchContext.TILED) == ("nonlocal", None)
+    # Same photo, both contexts: same size, close results.
+    photo = _photo(300, 280)
+    tiled = pipe(photo, RestorationOptions(with_scratch=True))
+    whole = pipe(photo, RestorationOptions(with_scratch=True, scratch_context="global"))
+    assert tiled.image.shape == whole.image.shape
