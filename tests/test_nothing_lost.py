@@ -425,3 +425,19 @@ def test_png_record_survives_round_trip(tmp_path) -> None:
     assert read_record(path) == {"a": 1}
     Image.new("RGB", (4, 4)).save(path)
     assert read_record(path) is None
+
+
+def test_io_threads_change_nothing_but_speed(tmp_path, pipeline) -> None:
+    photos = tmp_path / "album"
+    _photos(photos, ["a.png", "b.png", "c.png", "d.png"])
+    (photos / "bad.png").write_bytes(b"not a photo")
+    (photos / "c2.jpg").write_bytes(b"")
+    options = RestorationOptions(faces=False)
+    runs = {}
+    for threads in (False, True):
+        out = tmp_path / f"out_{threads}"
+        summary = run_batch(pipeline, photos, out, options, show_progress=False, io_threads=threads)
+        runs[threads] = (summary.restored, summary.failed, _tree_digest(out))
+    assert runs[False] == runs[True]
+    assert [p.name for p in runs[True][0]] == ["a.png", "b.png", "c.png", "d.png"]
+    assert [p.name for p, _ in runs[True][1]] == ["bad.png", "c2.jpg"]
