@@ -5,21 +5,48 @@ attended to and only hole cells take the result; known cells pass through unchan
 
 The released formulation materialises several ``N x N`` float32 matrices (``N = h*w`` latent
 cells): about 4 GB extra at a 512x512 photo and 62 GB at 1024x1024. :func:`partial_attention`
-computes exactly the same quantities row-chunk by row-chunk, so its memory is linear in ``N`` for
-a fixed chunk, and the chunk is sized from the memory the device has left.
+computes the same quantities through the fused ``scaled_dot_product_attention`` kernel, which never
+holds more than a tile of scores, so its memory is linear in ``N``; the query rows still go through
+in chunks sized from the memory the device has left. :func:`partial_attention_chunked` (explicit
+row chunks of the matrices) and :func:`partial_attention_naive` (the released full matrices) stay
+for comparison and tests.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import logging
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from latent_restore.core.layers import residual_stack
 from latent_restore.core.memory import available_memory
 
+logger = logging.getLogger(__name__)
+
 RENORMALIZE_EPS = 1e-12
 DEFAULT_MAX_CHUNK_BYTES = 256 << 20
+HEAD_DIM_MULTIPLE = 8
+FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+"""Kernels that never materialise the score matrix; the math backend is excluded on purpose."""
+
+
+class AttentionKernel(str, enum.Enum):
+    """How :class:`PartialNonLocalBlock` evaluates its attention (all give the released result).
+
+    ``fused`` is the default; ``chunked`` (explicit row chunks of the ``N x N`` matrices, the
+    previous implementation) and ``full`` (the released matrices, ``O(N^2)`` memory) are kept for
+    benchmarks and tests.
+    """
+
+    FUSED = "fused"
+    CHUNKED = "chunked"
+    FULL = "full"
 
 
 def validity_map(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -42,9 +69,48 @@ def validity_map(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (1.0 - touched) * kept
 
 
-def _chunk_rows(num_cells: int, channels: int, budget: int) -> int:
-    per_row = 4 * (3 * num_cells + 2 * channels)
-    return max(1, min(num_cells, budget // per_row))
+def _chunk_rows(num_cells: int, per_row_bytes: int, budget: int) -> int:
+    return max(1, min(num_cells, budget // per_row_bytes))
+
+
+def _chunk_budget(x: torch.Tensor, max_chunk_bytes: int | None) -> int:
+    if max_chunk_bytes is not None:
+        return max_chunk_bytes
+    return min(available_memory(x.device) // 4, DEFAULT_MAX_CHUNK_BYTES)
+
+
+def _padded_projection(conv: nn.Conv2d, in_channels: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1x1 convolution as ``(bias, weight)`` for ``addmm`` whose output has ``width`` columns.
+
+    The columns beyond ``conv.out_channels`` are exactly zero, so they add nothing to a dot product.
+    """
+    out = conv.out_channels
+    weight = conv.weight.reshape(out, in_channels).t()
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(out)
+    if width == out:
+        return bias, weight
+    return F.pad(bias, (0, width - out)), F.pad(weight, (0, width - out))
+
+
+@functools.cache
+def fused_kernel_available(device: torch.device, dtype: torch.dtype, width: int, requires_grad: bool) -> bool:
+    """Whether a fused attention kernel accepts ``width``-wide heads of ``dtype`` on ``device``.
+
+    Asked once per combination with a tiny probe, because which kernels apply depends on the
+    device, the dtype, the head width and autograd, and the library only says so by raising.
+    """
+    shape = (1, 1, HEAD_DIM_MULTIPLE, width)
+    probe = torch.zeros(shape, device=device, dtype=dtype, requires_grad=requires_grad)
+    try:
+        with warnings.catch_warnings(), sdpa_kernel(FUSED_BACKENDS), torch.enable_grad():
+            warnings.simplefilter("ignore")
+            out = F.scaled_dot_product_attention(probe, probe, probe, scale=1.0)
+            if requires_grad:
+                out.sum().backward()
+    except RuntimeError as error:
+        logger.warning("no fused attention for %s %s heads of width %d: %s", device, dtype, width, error)
+        return False
+    return True
 
 
 def partial_attention(
@@ -55,28 +121,88 @@ def partial_attention(
     g: nn.Conv2d,
     max_chunk_bytes: int | None = None,
 ) -> torch.Tensor:
-    """Masked, renormalised dot-product attention, computed in row chunks.
+    """Masked, renormalised dot-product attention through the fused attention kernel.
 
-    For each query ``i``: ``A_i = softmax_j(<theta_i, phi_j>)``; ``A'_ij = A_ij * valid_j``; each row
-    is divided by ``max(sum_j A'_ij, 1e-12)`` (rows that see no valid cell become zero);
-    ``y_i = sum_j A'_ij g_j``. Identical operations to the released block, so the result agrees to
-    float32 rounding even where the softmax mass on valid cells is tiny.
+    The released rule (spec §3.6 steps 2-6), for each query ``i``: ``A_i = softmax_j(<theta_i,
+    phi_j>)``; ``A'_ij = A_ij * valid_j``; each row is divided by ``max(sum_j A'_ij, 1e-12)``, so a
+    row whose valid mass is tiny is scaled down and one with none becomes zero;
+    ``y_i = sum_j A'_ij g_j``.
+
+    One fused call gives both sums that rule needs: the values are ``[valid_j * g_j, valid_j]``
+    (one extra column), so the kernel's output row is ``[sum_j A'_ij g_j, sum_j A'_ij]`` with the
+    softmax over *all* keys, exactly as released; dividing the first part by the clamped last
+    column is the renormalisation. Keys, queries and values are padded with zero columns to a
+    common width (the kernel needs one), which changes no score.
+
+    Where no fused kernel accepts the inputs (:func:`fused_kernel_available`) this falls back to
+    :func:`partial_attention_chunked` (same result, same linear memory) rather than to the math
+    kernel, which would hold ``rows x N`` scores for chunks sized for the fused one.
 
     Args:
-        x: ``N x C x h x w`` features.
+        x: ``N x C x h x w`` features (channels-last avoids any full-size copy).
         valid: ``N x 1 x h x w`` validity (1 = may be attended to).
         theta, phi, g: the block's 1x1 projections.
-        max_chunk_bytes: scratch memory for one chunk of rows; ``None`` = a quarter of the memory
-            available on ``x``'s device, capped at 256 MiB.
+        max_chunk_bytes: scratch memory for one chunk of query rows; ``None`` = a quarter of the
+            memory available on ``x``'s device, capped at 256 MiB.
 
     Returns:
-        ``N x C x h x w``.
+        ``N x C' x h x w`` (``C'`` = ``g.out_channels``), channels-last.
     """
     n, c, h, w = x.shape
     cells = h * w
-    if max_chunk_bytes is None:
-        max_chunk_bytes = min(available_memory(x.device) // 4, DEFAULT_MAX_CHUNK_BYTES)
-    rows = _chunk_rows(cells, c, max_chunk_bytes)
+    dv = g.out_channels
+    width = -(-max(theta.out_channels, dv + 1) // HEAD_DIM_MULTIPLE) * HEAD_DIM_MULTIPLE
+    requires_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, theta.weight, phi.weight, g.weight)
+    )
+    if not fused_kernel_available(x.device, x.dtype, width, requires_grad):
+        return partial_attention_chunked(x, valid, theta, phi, g, max_chunk_bytes)
+    # Per query row: the queries, the kernel's output and the divided result.
+    rows = _chunk_rows(cells, 3 * width * x.element_size(), _chunk_budget(x, max_chunk_bytes))
+    q_bias, q_weight = _padded_projection(theta, c, width)
+    k_bias, k_weight = _padded_projection(phi, c, width)
+    v_bias, v_weight = _padded_projection(g, c, width)
+    out = torch.empty(n, h, w, dv, dtype=x.dtype, device=x.device)
+    for b in range(n):
+        cells_x = _cells(x[b : b + 1])
+        weight = valid[b].reshape(cells, 1).to(x.dtype)
+        out_b = out[b].view(cells, dv)
+        if not torch.is_grad_enabled() and not bool(weight.any()):
+            out_b.zero_()  # no valid cell: every row of A' is zero, as released
+            continue
+        keys = torch.addmm(k_bias, cells_x, k_weight)[None, None]
+        values = torch.addmm(v_bias, cells_x, v_weight)
+        values[:, :dv] *= weight
+        values[:, dv : dv + 1] = weight
+        values = values[None, None]
+        for start in range(0, cells, rows):
+            stop = min(start + rows, cells)
+            queries = torch.addmm(q_bias, cells_x[start:stop], q_weight)[None, None]
+            with sdpa_kernel(FUSED_BACKENDS):
+                fused = F.scaled_dot_product_attention(queries, keys, values, scale=1.0)[0, 0]
+            out_b[start:stop] = fused[:, :dv] / fused[:, dv : dv + 1].clamp_min(RENORMALIZE_EPS)
+            del fused, queries
+        del keys, values
+    return out.permute(0, 3, 1, 2)
+
+
+def partial_attention_chunked(
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    theta: nn.Conv2d,
+    phi: nn.Conv2d,
+    g: nn.Conv2d,
+    max_chunk_bytes: int | None = None,
+) -> torch.Tensor:
+    """The same attention with explicit row chunks of the ``N x N`` matrices (the previous kernel).
+
+    Identical operations to the released block, chunk by chunk, so it agrees to float32 rounding
+    even where the softmax mass on valid cells is tiny. Arguments as :func:`partial_attention`;
+    the chunk holds ``rows x N`` scores.
+    """
+    n, c, h, w = x.shape
+    cells = h * w
+    rows = _chunk_rows(cells, 4 * (3 * cells + 2 * c), _chunk_budget(x, max_chunk_bytes))
     theta_t = theta.weight.reshape(theta.out_channels, c).t()
     # Cell-major (N x C) storage: a view of channels-last features, and the output comes back
     # channels-last, so no full-size copy is made on the way in or out.
@@ -130,8 +256,8 @@ class PartialNonLocalBlock(nn.Module):
         num_res_blocks: residual blocks applied to the attention output.
 
     Attributes:
-        max_chunk_bytes: scratch-memory cap for the chunked attention (``None`` = automatic).
-        naive: use the full-matrix formulation instead (for comparison only).
+        max_chunk_bytes: scratch-memory cap for one chunk of query rows (``None`` = automatic).
+        kernel: how the attention is evaluated (:class:`AttentionKernel`; all agree).
     """
 
     def __init__(self, channels: int, num_res_blocks: int = 3) -> None:
@@ -142,15 +268,33 @@ class PartialNonLocalBlock(nn.Module):
         self.project = nn.Conv2d(channels, channels, 1)
         self.blocks = residual_stack(channels, num_res_blocks)
         self.max_chunk_bytes: int | None = None
-        self.naive = False
+        self.kernel = AttentionKernel.FUSED
+
+    @property
+    def naive(self) -> bool:
+        """``True`` while the released full-matrix formulation is selected (for comparisons)."""
+        return self.kernel is AttentionKernel.FULL
+
+    @naive.setter
+    def naive(self, value: bool) -> None:
+        self.kernel = AttentionKernel.FULL if value else AttentionKernel.FUSED
+
+    def attention(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The attention output ``y`` before the projection (``N x C x h x w``), by :attr:`kernel`."""
+        kernel = AttentionKernel(self.kernel)
+        if kernel is AttentionKernel.FULL:
+            return partial_attention_naive(x, valid, self.theta, self.phi, self.g)
+        attend = partial_attention if kernel is AttentionKernel.FUSED else partial_attention_chunked
+        return attend(x, valid, self.theta, self.phi, self.g, self.max_chunk_bytes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: x ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution (1 = scratch)."""
         valid = validity_map(mask, (x.shape[-2], x.shape[-1])).to(x.dtype)
-        if self.naive:
-            y = partial_attention_naive(x, valid, self.theta, self.phi, self.g)
-        else:
-            y = partial_attention(x, valid, self.theta, self.phi, self.g, self.max_chunk_bytes)
+        if not torch.is_grad_enabled() and bool(valid.all()):
+            # No hole: the fusion below keeps every cell of x, so nothing else needs computing.
+            # (Only at inference: in training the parameters must stay in the graph.)
+            return x
+        y = self.attention(x, valid)
         # Rebinding step by step lets each full-size intermediate go as soon as it is used.
         y = self.project(y)
         y = self.blocks(y)
