@@ -9,10 +9,14 @@ API (every error is ``{"error": message}`` with the HTTP status):
 
 * ``GET  /api/info`` — available modes and limits.
 * ``POST /api/jobs`` — multipart ``image`` + form fields ``with_scratch``, ``faces``, ``hr``
-  → ``202 {"id", "status", ...}``; 400 undecodable photo, 413 too large, 503 queue full.
-* ``GET  /api/jobs/<id>`` — ``{"status", "progress", "stage", "position", "error", ...}``.
+  → ``202 {"id", "status", ...}``; 400 undecodable photo or a mode the server lacks (``faces=true``
+  without a face model), 413 too many bytes or pixels, 503 queue full. ``faces`` defaults to
+  whether the server has a face model.
+* ``GET  /api/jobs/<id>`` — ``{"status", "progress", "stage", "position", "error", "notes", ...}``;
+  ``stage`` is null once the photo is restored.
 * ``GET  /api/jobs/<id>/result`` and ``/original`` — PNGs (``?download=1`` for an attachment).
-* ``DELETE /api/jobs/<id>`` — forget a job and its files now.
+* ``DELETE /api/jobs/<id>`` — forget a job and its files now; a running job is cancelled and stops
+  at the pipeline's next stage or tile.
 * ``GET  /api/results.zip?ids=a,b`` — the results of several finished jobs.
 """
 
@@ -127,6 +131,7 @@ def _job_json(job: Job, manager: JobManager) -> dict[str, Any]:
         "stage": job.stage,
         "position": manager.position(job.id) if job.status is JobStatus.QUEUED else None,
         "error": job.error,
+        "notes": job.notes,
         "width": job.width,
         "height": job.height,
         "filename": f"{download_stem(job.client_name)}_restored.png",
@@ -155,6 +160,7 @@ def create_app(
     ttl_seconds: float = 3600.0,
     trusted_hosts: list[str] | None = None,
     manager: JobManager | None = None,
+    temp_root: str | Path | None = None,
 ) -> Flask:
     """The web app over one pipeline.
 
@@ -166,6 +172,7 @@ def create_app(
         trusted_hosts: ``Host`` header values accepted (guards a loopback server against DNS
             rebinding); None accepts any.
         manager: a ready job manager (tests inject one with a fake clock); by default one is made.
+        temp_root: where the default manager makes its private folder (default: the system's).
 
     Returns:
         The app; its job manager is ``app.extensions["latent_restore.jobs"]`` and must be closed
@@ -173,7 +180,9 @@ def create_app(
     """
     max_bytes = int(max_upload_mb * 2**20)
     if manager is None:
-        manager = JobManager(pipeline, queue_size=queue_size, ttl=ttl_seconds, max_upload_bytes=max_bytes)
+        manager = JobManager(
+            pipeline, queue_size=queue_size, ttl=ttl_seconds, max_upload_bytes=max_bytes, temp_root=temp_root
+        )
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config.update(
         MAX_CONTENT_LENGTH=manager.max_upload_bytes + MULTIPART_SLACK, TRUSTED_HOSTS=trusted_hosts
@@ -235,6 +244,7 @@ def create_app(
                 "faces": getattr(pipeline, "face_enhancer", None) is not None,
             },
             max_upload_bytes=manager.max_upload_bytes,
+            max_pixels=manager.max_pixels,
             queue_size=manager.queue_size,
             ttl_seconds=manager.ttl,
         )
@@ -244,8 +254,16 @@ def create_app(
         upload = request.files.get("image")
         if upload is None:
             raise ApiError(400, "send the photo as multipart/form-data in the field 'image'")
+        has_faces = getattr(pipeline, "face_enhancer", None) is not None
+        faces = _flag("faces", has_faces)
+        if faces and not has_faces:
+            raise ApiError(
+                400,
+                "face enhancement is not available: the server runs without a face model "
+                "(started with --no-faces, or the weights have none); send faces=false",
+            )
         options = RestorationOptions(
-            with_scratch=_flag("with_scratch", False), hr=_flag("hr", False), faces=_flag("faces", True)
+            with_scratch=_flag("with_scratch", False), hr=_flag("hr", False), faces=faces
         )
         try:
             job = manager.submit(upload.stream, upload.filename, options)
@@ -268,11 +286,8 @@ def create_app(
 
     @app.delete("/api/jobs/<job_id>")
     def delete(job_id: str) -> tuple[str, int]:
-        try:
-            if not manager.delete(job_id):
-                raise ApiError(404, "no such job (unknown, deleted or expired)")
-        except RuntimeError as exc:
-            raise ApiError(409, str(exc)) from None
+        if not manager.delete(job_id):
+            raise ApiError(404, "no such job (unknown, deleted or expired)")
         return "", 204
 
     def send_png(path: Path | None, name: str) -> Response:
@@ -339,6 +354,11 @@ def create_app(
     return app
 
 
+SHUTDOWN_WAIT_S = 5.0
+"""How long stopping waits for a running photo to reach its next stage or tile (container managers
+such as Docker send SIGKILL 10 s after SIGTERM)."""
+
+
 def serve(
     pipeline: Pipeline,
     host: str = "127.0.0.1",
@@ -346,14 +366,23 @@ def serve(
     max_upload_mb: float = 50,
     queue_size: int = 32,
     ttl_seconds: float = 3600.0,
-) -> None:
+    temp_root: str | Path | None = None,
+) -> bool:
     """Serve the page until interrupted (Ctrl-C or SIGTERM), then remove every temporary file.
 
+    Stopping cancels the photo being restored; it stops at its next stage or tile, waited for at
+    most :data:`SHUTDOWN_WAIT_S` seconds.
+
     Args:
-        pipeline: the one pipeline instance.
+        pipeline: the one pipeline instance; its ``max_pixels`` is the largest photo accepted.
         host: address to bind; anything but loopback is warned about, since the page has no login.
         port: TCP port; 0 picks a free one (the URL is logged).
-        max_upload_mb, queue_size, ttl_seconds: see :func:`create_app`.
+        max_upload_mb, queue_size, ttl_seconds, temp_root: see :func:`create_app`.
+
+    Returns:
+        True when everything stopped; False when the worker thread is still inside a pipeline call
+        (one long stage): the caller should then leave the process with ``os._exit``, because
+        tearing down the interpreter under a running torch computation aborts the process.
 
     Raises:
         OSError: the address cannot be bound.
@@ -366,7 +395,9 @@ def serve(
             host,
         )
     trusted = sorted({*LOOPBACK_NAMES, host}) if loopback else None
-    app = create_app(pipeline, max_upload_mb, queue_size, ttl_seconds, trusted_hosts=trusted)
+    app = create_app(
+        pipeline, max_upload_mb, queue_size, ttl_seconds, trusted_hosts=trusted, temp_root=temp_root
+    )
     manager: JobManager = app.extensions[EXTENSION_KEY]
     try:
         listener = _listen(host, port)
@@ -381,15 +412,35 @@ def serve(
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per poll would drown the log
     try:
         shown = f"[{host}]" if ":" in host else host
-        logger.info("latent-restore web page: http://%s:%d/", shown, server.port)
+        logger.info(
+            "latent-restore web page: http://%s:%d/ (photos up to %s megapixels, %s each)",
+            shown,
+            server.port,
+            f"{manager.max_pixels / 1e6:.1f}",
+            megabytes(manager.max_upload_bytes),
+        )
         server.serve_forever()
     except KeyboardInterrupt:
         logger.info("shutting down")
     finally:
         server.server_close()
-        manager.close()
+        stopped = _close(manager)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if not stopped:
+        logger.warning(
+            "a photo was still being restored after %.0f s; it is abandoned and its files are removed",
+            SHUTDOWN_WAIT_S,
+        )
+    return stopped
+
+
+def _close(manager: JobManager) -> bool:
+    """Close the manager; a second Ctrl-C or SIGTERM cuts the wait short, never the clean-up."""
+    try:
+        return manager.close(SHUTDOWN_WAIT_S)
+    except KeyboardInterrupt:
+        return manager.close(0)
 
 
 def _listen(host: str, port: int) -> socket.socket:

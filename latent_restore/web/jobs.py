@@ -5,17 +5,27 @@ worker thread in arrival order: there is never more than one model load or pipel
 time, however many browser tabs upload at once. Request threads only validate uploads (by
 decoding them — an extension proves nothing) and read job states.
 
+A running job can be cancelled (deleted, or the server stopping): the pipeline reports each stage
+and each tile through callbacks, and the next report after a cancellation raises
+:class:`JobCancelledError` on the worker thread, so the photo stops between tiles or stages.
+
 Files live in a private temporary folder (mode 0700) under random names; nothing a client sends
 ever becomes part of a path. Finished jobs expire after a time to live, taking their files with
-them, and the whole folder is removed when the manager closes or the interpreter exits.
+them, and the whole folder is removed when the manager closes or the interpreter exits. A server
+that could not clean up (SIGKILL, power loss) leaves its folder behind; each folder holds a lock
+file that its server keeps locked, so the next server started by the same user recognises the
+folders nobody holds any more and removes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -26,22 +36,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from PIL import Image
-
-from latent_restore.core.imaging import ImageReadError, encode_png, read_photo
+from latent_restore.core.imaging import ImageReadError, PixelLimitError, encode_png, read_photo
 from latent_restore.pipeline import RestorationOptions, RestorationResult
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale folders are left to the system's cleanup
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 30.0
 """How often the idle worker looks for expired jobs (lookups also sweep, so expiry is exact)."""
+WORK_DIR_PREFIX = "latent-restore-web-"
+LOCK_NAME = "server.lock"
+"""Held (``flock``) by the live server for as long as its folder exists; never counted as a job file."""
 
 
 class Pipeline(Protocol):
     """What the queue needs of :class:`~latent_restore.pipeline.RestorationPipeline` (tests may wrap one)."""
 
     stage_callback: Callable[[str], None] | None
+    tile_callback: Callable[[int, int], None] | None
     face_enhancer: object | None
+    max_pixels: int
 
     def check_ready(self, options: RestorationOptions) -> None: ...
 
@@ -69,17 +87,28 @@ class ManagerClosedError(RuntimeError):
     """The server is shutting down."""
 
 
+class JobCancelledError(Exception):
+    """Raised by the stage and tile callbacks on the worker thread once its job has been cancelled.
+
+    It unwinds the pipeline call between two stages or two tiles; the worker catches it.
+    """
+
+
 @dataclass
 class Job:
     """One photo's way through the queue. Mutated only under the manager's lock.
 
     Attributes:
         id: unguessable identifier; knowing it is what grants access to the job.
-        options: how to restore the photo.
+        options: how the photo is restored (what the server can do: faces off without a face model).
         client_name: the file name the browser sent, used only (sanitised) for download names.
         width, height: the photo's upright size in pixels.
         upload: the uploaded bytes, under a random name; removed once the photo is decoded by the worker.
         original, result: PNGs of the photo before and after, once written.
+        stage: what the worker is doing; None once the photo is restored, kept as the failing
+            stage when it fails.
+        notes: what the client asked for that was not done, and why.
+        cancelled: set by :meth:`JobManager.delete` or :meth:`JobManager.close` while running.
     """
 
     id: str
@@ -97,6 +126,8 @@ class Job:
     result: Path | None = None
     finished: float | None = None
     stages: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cancelled: bool = False
 
     def files(self) -> list[Path]:
         return [p for p in (self.upload, self.original, self.result) if p is not None]
@@ -108,7 +139,78 @@ def _progress_stages(options: RestorationOptions, has_faces: bool) -> list[str]:
     stages.append("global restoration")
     if options.faces and has_faces:
         stages.append("faces")
+    if options.colorize:
+        stages.append("colorization")
     return [*stages, "saving"]
+
+
+def remove_stale_work_dirs(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the work folders under ``root`` that servers of this user left behind when they died.
+
+    A folder is stale when it has this module's prefix, belongs to the current user and its lock
+    file can be locked, i.e. no live process holds it (the kernel drops a dead process's locks,
+    SIGKILL included). Folders without a lock file are left alone: they may be being created.
+
+    Returns:
+        The folders removed.
+    """
+    if fcntl is None:
+        return []
+    removed = []
+    for candidate in Path(root).glob(f"{WORK_DIR_PREFIX}*"):
+        try:
+            info = candidate.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        try:
+            fd = os.open(candidate / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its server is alive
+        try:
+            shutil.rmtree(candidate, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(candidate)
+    if removed:
+        logger.info(
+            "removed %d temporary folder(s) left by a server that was killed: %s",
+            len(removed),
+            ", ".join(str(p) for p in removed),
+        )
+    return removed
+
+
+def _make_work_dir(root: str | None) -> tuple[Path, int | None]:
+    """A private folder (mode 0700) and the descriptor of its held lock file."""
+    work_dir = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=root))
+    if fcntl is None:
+        return work_dir, None
+    # Locked under a temporary name and renamed: another server never sees the lock file unlocked.
+    creating = work_dir / f".{LOCK_NAME}.creating"
+    fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.rename(creating, work_dir / LOCK_NAME)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    return work_dir, fd
+
+
+def _remove_work_dir(path: Path, lock_fd: int | None) -> None:
+    """Remove the folder, then release its lock (the order keeps others from judging it stale early)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if lock_fd is not None:
+        os.close(lock_fd)
 
 
 class JobManager:
@@ -120,9 +222,14 @@ class JobManager:
             :class:`QueueFullError`.
         ttl: seconds a finished job (and its files) is kept.
         max_upload_bytes: largest accepted upload.
-        max_pixels: largest accepted photo, read from the file header before decoding it.
-        temp_root: where the private work folder is made (default: the system's temporary folder).
+        max_pixels: largest accepted photo, read from the file header before decoding it; default:
+            the pipeline's own limit (``pipeline.max_pixels``, derived from the machine's memory).
+        temp_root: where the private work folder is made (default: the system's temporary folder);
+            stale folders of killed servers found there are removed first.
         clock: monotonic time source (tests inject one to expire jobs without waiting).
+
+    Raises:
+        ValueError: a queue size or pixel limit below 1.
     """
 
     def __init__(
@@ -131,22 +238,27 @@ class JobManager:
         queue_size: int = 32,
         ttl: float = 3600.0,
         max_upload_bytes: int = 50 << 20,
-        max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485,
+        max_pixels: int | None = None,
         temp_root: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
         self.pipeline = pipeline
         self.queue_size = queue_size
         self.ttl = ttl
         self.max_upload_bytes = max_upload_bytes
-        self.max_pixels = max_pixels
+        self.max_pixels = int(pipeline.max_pixels if max_pixels is None else max_pixels)
         self.clock = clock
-        self.work_dir = Path(tempfile.mkdtemp(prefix="latent-restore-web-", dir=temp_root))
-        self._remove_work_dir = weakref.finalize(self, shutil.rmtree, self.work_dir, ignore_errors=True)
+        root = None if temp_root is None else str(temp_root)
+        remove_stale_work_dirs(tempfile.gettempdir() if root is None else root)
+        self.work_dir, lock_fd = _make_work_dir(root)
+        self._remove_work_dir = weakref.finalize(self, _remove_work_dir, self.work_dir, lock_fd)
         self._jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
+        self._running: Job | None = None
         self._cond = threading.Condition()
         self._closed = False
         # Decoding a large photo takes hundreds of MB; bound how many request threads do it at once.
@@ -158,6 +270,9 @@ class JobManager:
 
     def submit(self, data: BinaryIO, client_name: str | None, options: RestorationOptions) -> Job:
         """Validate an upload and queue it.
+
+        Faces asked for on a server without a face model are switched off in the job's options
+        and said so in its notes (the API refuses an explicit request before it gets here).
 
         Args:
             data: the uploaded file, read to its end.
@@ -175,6 +290,10 @@ class JobManager:
             ManagerClosedError: shutting down.
         """
         self.pipeline.check_ready(options)
+        notes = []
+        if options.faces and self.pipeline.face_enhancer is None:
+            options = dataclasses.replace(options, faces=False)
+            notes.append("faces were not enhanced: the server has no face model")
         with self._cond:
             self._check_room()
         upload = self._new_path(".upload")
@@ -195,6 +314,7 @@ class JobManager:
                     upload=upload,
                     created=self.clock(),
                     stages=_progress_stages(options, self.pipeline.face_enhancer is not None),
+                    notes=notes,
                 )
                 self._jobs[job.id] = job
                 self._pending.append(job)
@@ -216,19 +336,16 @@ class JobManager:
             )
 
     def _validate(self, path: Path) -> tuple[int, int]:
-        """Decode the whole file, as the worker will: the only proof that it is a photo we can restore."""
-        try:
-            with Image.open(path) as header:
-                pixels = header.size[0] * header.size[1]
-        except Exception:  # read_photo below gives the reason in its own words
-            pixels = 0
-        if pixels > self.max_pixels:
-            raise UploadTooLargeError(
-                f"the photo has {pixels / 1e6:.0f} megapixels; "
-                f"at most {self.max_pixels / 1e6:.0f} are accepted"
-            )
+        """Decode the whole file, as the worker will: the only proof that it is a photo we can restore.
+
+        The pixel limit is checked from the header first (Pillow's decompression-bomb warning and
+        error included), so a photo that is too large is refused before a pixel is decoded.
+        """
         with self._decode_slots:
-            photo = read_photo(path)
+            try:
+                photo = read_photo(path, max_pixels=self.max_pixels)
+            except PixelLimitError as exc:
+                raise UploadTooLargeError(str(exc)) from None
         height, width = photo.size
         return width, height
 
@@ -250,21 +367,23 @@ class JobManager:
         return None
 
     def delete(self, job_id: str) -> bool:
-        """Forget a waiting or finished job and remove its files.
+        """Forget a job and remove its files; a running one is cancelled.
+
+        A running photo stops at the pipeline's next stage or tile; until then the worker stays
+        busy with it, but the job is gone for every client at once and its files are removed as
+        soon as the worker lets go of them.
 
         Returns:
             False when the job is unknown.
-
-        Raises:
-            RuntimeError: the job is being restored right now.
         """
         with self._cond:
             job = self._jobs.get(job_id)
             if job is None:
                 return False
             if job.status is JobStatus.RUNNING:
-                raise RuntimeError("the photo is being restored; delete it when it is done")
-            if job.status is JobStatus.QUEUED:
+                job.cancelled = True
+                logger.info("job %s…: cancelled during %s", job.id[:6], job.stage or "start-up")
+            elif job.status is JobStatus.QUEUED:
                 self._pending.remove(job)
             self._forget(job)
             return True
@@ -274,24 +393,33 @@ class JobManager:
         with self._cond:
             return self._sweep()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker, drop waiting jobs and remove every temporary file.
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the worker, drop waiting jobs, cancel the running one and remove every temporary file.
 
-        A photo being restored cannot be interrupted; after ``timeout`` seconds the files are
-        removed anyway and that job's late writes fail harmlessly.
+        The running photo stops at its next stage or tile. After ``timeout`` seconds the files are
+        removed anyway and that job's late writes fail harmlessly. Calling again (say after a
+        second Ctrl-C interrupted the wait) waits again and removes whatever is left.
+
+        Returns:
+            True when the worker thread has stopped; False when it is still inside a pipeline
+            call (a process about to exit should then leave with ``os._exit``: tearing down the
+            interpreter under a running torch computation aborts the process).
         """
         with self._cond:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
             self._pending.clear()
+            if self._running is not None:
+                self._running.cancelled = True
             self._cond.notify_all()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout)
         with self._cond:
             self._jobs.clear()
         self._remove_work_dir()
-        logger.info("removed the web page's temporary files in %s", self.work_dir)
+        if first:
+            logger.info("removed the web page's temporary files in %s", self.work_dir)
+        return not self._worker.is_alive()
 
     def __enter__(self) -> JobManager:
         return self
@@ -330,41 +458,69 @@ class JobManager:
                     return
                 job = self._pending.popleft()
                 job.status = JobStatus.RUNNING
-            self._run(job)
+                self._running = job
+            try:
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _check_cancelled(self, job: Job) -> None:
+        """Raise :class:`JobCancelledError` when ``job`` was cancelled (lock held)."""
+        if job.cancelled:
+            raise JobCancelledError(f"job {job.id[:6]}… was cancelled")
 
     def _set_stage(self, job: Job, stage: str) -> None:
+        """The pipeline's stage callback: a checkpoint where a cancelled job stops."""
         with self._cond:
+            self._check_cancelled(job)
             job.stage = stage
             if stage in job.stages:
                 job.progress = 0.05 + 0.9 * job.stages.index(stage) / len(job.stages)
+
+    def _tile_done(self, job: Job, done: int, total: int) -> None:
+        """The pipeline's tile callback: progress within the stage, and a checkpoint between tiles."""
+        with self._cond:
+            self._check_cancelled(job)
+            if job.stage in job.stages and total > 0:
+                index = job.stages.index(job.stage) + min(done, total) / total
+                job.progress = 0.05 + 0.9 * index / len(job.stages)
 
     def _run(self, job: Job) -> None:
         """Restore one photo on the worker thread; any failure is the job's, never the worker's."""
         start = time.perf_counter()
         self.pipeline.stage_callback = lambda stage: self._set_stage(job, stage)
+        self.pipeline.tile_callback = lambda done, total: self._tile_done(job, done, total)
         try:
             self._set_stage(job, "reading")
-            photo = read_photo(job.upload)
+            photo = read_photo(job.upload, max_pixels=self.max_pixels)
             original = self._new_path(".png")
-            original.write_bytes(encode_png(photo.rgb, photo.alpha, photo.gray_file, photo.icc_profile))
+            _write_private(original, encode_png(photo.rgb, photo.alpha, photo.gray_file, photo.icc_profile))
             with self._cond:
                 job.original = original
+                self._check_cancelled(job)
             result = self.pipeline(photo, job.options)
             self._set_stage(job, "saving")
             data = encode_png(result.image, result.alpha, photo.gray_file, photo.icc_profile, photo.exif)
             path = self._new_path(".png")
-            path.write_bytes(data)
+            _write_private(path, data)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
-            logger.error("job %s…: failed: %s", job.id[:6], reason)
             with self._cond:
-                job.status, job.error = JobStatus.FAILED, reason
+                cancelled = job.cancelled
+            if cancelled:  # whatever the exception: the files may have been removed under it
+                logger.info("job %s…: stopped after %.1f s", job.id[:6], time.perf_counter() - start)
+            else:
+                reason = str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+                logger.error("job %s…: failed: %s", job.id[:6], reason)
+                with self._cond:
+                    job.status, job.error = JobStatus.FAILED, reason
         else:
             with self._cond:
-                job.result, job.status, job.progress = path, JobStatus.DONE, 1.0
+                job.result, job.status, job.progress, job.stage = path, JobStatus.DONE, 1.0, None
             logger.info("job %s…: done in %.1f s (%s)", job.id[:6], time.perf_counter() - start, result.path)
         finally:
             self.pipeline.stage_callback = None
+            self.pipeline.tile_callback = None
             with self._cond:
                 job.upload.unlink(missing_ok=True)
                 job.finished = self.clock()
@@ -373,9 +529,22 @@ class JobManager:
                         path.unlink(missing_ok=True)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Create a new file in the work folder (never ``write_atomic``, which would recreate the folder).
+
+    The names are random and a path is published to clients only after its file is complete, so
+    no reader sees a partial file; and a write that races the folder's removal at shutdown must
+    fail instead of bringing the folder back outside anyone's cleanup.
+    """
+    with open(path, "xb") as handle:
+        handle.write(data)
+
+
 def _snapshot(job: Job) -> Job:
     """A copy that request threads may read without the lock."""
-    return Job(**{name: getattr(job, name) for name in job.__dataclass_fields__})
+    copy = Job(**{name: getattr(job, name) for name in job.__dataclass_fields__})
+    copy.stages, copy.notes = list(job.stages), list(job.notes)
+    return copy
 
 
 def _copy_limited(source: BinaryIO, target: BinaryIO, limit: int, chunk: int = 1 << 20) -> int | None:

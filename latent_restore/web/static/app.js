@@ -8,6 +8,7 @@
     dropZone: $("drop-zone"),
     fileInput: $("file-input"),
     maxSize: $("max-size"),
+    maxPixels: $("max-pixels"),
     scratch: $("opt-scratch"),
     hr: $("opt-hr"),
     faces: $("opt-faces"),
@@ -73,6 +74,7 @@
       // Keep the defaults: uploads will report their own errors.
     }
     ui.maxSize.textContent = megabytes(info.max_upload_bytes);
+    if (info.max_pixels) ui.maxPixels.textContent = ` and ${Math.floor(info.max_pixels / 1e6)} megapixels`;
     ui.ttl.textContent = duration(info.ttl_seconds);
     const modes = info.modes || {};
     if (modes.with_scratch === false) {
@@ -80,10 +82,15 @@
       ui.scratch.disabled = true;
       ui.scratch.closest("label").title = "The weights in use have no scratch-repair networks";
     }
-    if (modes.faces === false) {
+    // The switch starts off and disabled in the HTML: it turns on only once the server says it can.
+    if (modes.faces === true) {
+      ui.faces.disabled = false;
+      ui.faces.checked = true;
+      ui.faces.closest("label").title = "";
+    } else {
       ui.faces.checked = false;
       ui.faces.disabled = true;
-      ui.faces.closest("label").title = "The weights in use have no face network";
+      ui.faces.closest("label").title = "The server runs without a face network";
     }
     syncOptions();
     document.documentElement.dataset.ready = "true";
@@ -205,6 +212,7 @@
       width: state.width,
       height: state.height,
       filename: state.filename,
+      notes: state.notes || [],
     });
     if (job.status === "done" && !wasDone) {
       job.node.querySelector(".thumb").src = `/api/jobs/${job.id}/result`;
@@ -297,7 +305,7 @@
       download.download = job.filename;
       download.title = `Download ${job.filename}`;
     }
-    node.querySelector(".job-remove").disabled = job.status === "running";
+    node.querySelector(".job-remove").setAttribute("aria-label", job.status === "running" ? "Cancel" : "Remove");
   }
 
   function refreshList() {
@@ -315,8 +323,8 @@
     }
   }
 
+  // A running photo is cancelled by the same DELETE: the server stops it at its next stage or tile.
   function remove(job) {
-    if (job.status === "running") return;
     if (job.xhr) job.xhr.abort();
     const queued = uploadQueue.indexOf(job);
     if (queued >= 0) uploadQueue.splice(queued, 1);
@@ -355,6 +363,7 @@
     if (job.options.with_scratch) done.push(job.options.hr ? "scratches repaired (high resolution)" : "scratches repaired");
     else done.push("overall quality restored");
     if (job.options.faces && (info.modes || {}).faces) done.push("face enhancement on");
+    for (const note of job.notes || []) done.push(note);
     ui.viewerMeta.textContent = done.join(" · ");
     setPosition(50);
     showViewer(true);
