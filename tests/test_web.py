@@ -544,6 +544,34 @@ def test_page_and_info(client) -> None:
     assert info["max_pixels"] > 1_000_000
 
 
+def test_info_loads_no_network(tiny_weights, monkeypatch) -> None:
+    """The page waits for /api/info; it must not wait for every mode's networks to load."""
+    fresh = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
+    loaded = []
+    original = fresh.components.get
+    monkeypatch.setattr(fresh.components, "get", lambda c: loaded.append(c) or original(c))
+    with _app(fresh) as app:
+        info = app.test_client().get("/api/info").get_json()
+    assert info["modes"] == {"quality": True, "with_scratch": True, "hr": True, "faces": False}
+    assert loaded == []
+
+
+def test_weights_that_cannot_run_a_mode_are_reported(pipeline) -> None:
+    from latent_restore.pipeline import IncompatibleWeightsError
+
+    class Mismatched(GatedPipeline):
+        def check_ready(self, options):
+            raise IncompatibleWeightsError("vae_a has 8 latent channels, mapping_quality expects 16")
+
+    with _app(Mismatched(pipeline)) as app:
+        response = _submit(app.test_client(), _png(16, 16))
+    assert response.status_code == 500
+    assert (
+        "cannot run this mode" in response.get_json()["error"]
+        and "latent channels" in response.get_json()["error"]
+    )
+
+
 def test_faces_switch_starts_off_until_the_server_says_so(client) -> None:
     """Before /api/info answers, the page must not claim faces will be enhanced."""
     page = client.get("/").data.decode()

@@ -40,8 +40,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from latent_restore import __version__
+from latent_restore.core.checkpoint import CheckpointError
+from latent_restore.core.config import ConfigError
 from latent_restore.core.imaging import ImageReadError
-from latent_restore.pipeline import RestorationOptions, WeightsNotFoundError
+from latent_restore.pipeline import IncompatibleWeightsError, RestorationOptions, WeightsNotFoundError
 from latent_restore.web.jobs import (
     Job,
     JobManager,
@@ -146,6 +148,15 @@ def _job_json(job: Job, manager: JobManager) -> dict[str, Any]:
 
 
 def _available(pipeline: Pipeline, options: RestorationOptions) -> bool:
+    """Whether the weights hold what ``options`` need.
+
+    Asked of the component store when the pipeline has one: ``check_ready`` also loads and checks
+    the networks, seconds per mode, and the page waits for this answer before it can be used.
+    """
+    required = getattr(pipeline, "required_components", None)
+    components = getattr(pipeline, "components", None)
+    if required is not None and components is not None:
+        return all(components.available(c) for c in required(options))
     try:
         pipeline.check_ready(options)
     except WeightsNotFoundError:
@@ -271,6 +282,9 @@ def create_app(
             raise ApiError(400, f"not a photo we can read: {exc}") from None
         except WeightsNotFoundError as exc:
             raise ApiError(400, f"this mode is not available: {exc}") from None
+        except (IncompatibleWeightsError, CheckpointError, ConfigError) as exc:
+            logger.error("the weights cannot run %s: %s", options, exc)
+            raise ApiError(500, f"the server's weights cannot run this mode: {exc}") from None
         except UploadTooLargeError as exc:
             raise ApiError(413, str(exc)) from None
         except (QueueFullError, ManagerClosedError) as exc:

@@ -263,6 +263,7 @@ class JobManager:
         self._closed = False
         # Decoding a large photo takes hundreds of MB; bound how many request threads do it at once.
         self._decode_slots = threading.BoundedSemaphore(2)
+        self._ready_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name="latent-restore-worker", daemon=True)
         self._worker.start()
 
@@ -289,7 +290,8 @@ class JobManager:
             WeightsNotFoundError: the weights lack what ``options`` needs.
             ManagerClosedError: shutting down.
         """
-        self.pipeline.check_ready(options)
+        with self._ready_lock:  # the first check of a mode loads its networks: once, not per thread
+            self.pipeline.check_ready(options)
         notes = []
         if options.faces and self.pipeline.face_enhancer is None:
             options = dataclasses.replace(options, faces=False)
