@@ -157,17 +157,18 @@ def partial_attention(
     )
     if not fused_kernel_available(x.device, x.dtype, width, requires_grad):
         return partial_attention_chunked(x, valid, theta, phi, g, max_chunk_bytes)
-    # Per query row: the queries, the kernel's output and the divided result.
+    # Per query row: the queries, the kernel's output and (under autograd) the divided result.
     rows = _chunk_rows(cells, 3 * width * x.element_size(), _chunk_budget(x, max_chunk_bytes))
     q_bias, q_weight = _padded_projection(theta, c, width)
     k_bias, k_weight = _padded_projection(phi, c, width)
     v_bias, v_weight = _padded_projection(g, c, width)
     out = torch.empty(n, h, w, dv, dtype=x.dtype, device=x.device)
+    inplace = not torch.is_grad_enabled()  # writing through out= is not differentiable
     for b in range(n):
         cells_x = _cells(x[b : b + 1])
         weight = valid[b].reshape(cells, 1).to(x.dtype)
         out_b = out[b].view(cells, dv)
-        if not torch.is_grad_enabled() and not bool(weight.any()):
+        if inplace and not bool(weight.any()):
             out_b.zero_()  # no valid cell: every row of A' is zero, as released
             continue
         keys = torch.addmm(k_bias, cells_x, k_weight)[None, None]
@@ -180,7 +181,11 @@ def partial_attention(
             queries = torch.addmm(q_bias, cells_x[start:stop], q_weight)[None, None]
             with sdpa_kernel(FUSED_BACKENDS):
                 fused = F.scaled_dot_product_attention(queries, keys, values, scale=1.0)[0, 0]
-            out_b[start:stop] = fused[:, :dv] / fused[:, dv : dv + 1].clamp_min(RENORMALIZE_EPS)
+            mass = fused[:, dv : dv + 1].clamp_min(RENORMALIZE_EPS)
+            if inplace:
+                torch.div(fused[:, :dv], mass, out=out_b[start:stop])
+            else:
+                out_b[start:stop] = fused[:, :dv] / mass
             del fused, queries
         del keys, values
     return out.permute(0, 3, 1, 2)
