@@ -433,7 +433,8 @@ def serve(
             f"{manager.max_pixels / 1e6:.1f}",
             megabytes(manager.max_upload_bytes),
         )
-        server.serve_forever()
+        server.serve_forever()  # Werkzeug's returns on Ctrl-C (and on SIGTERM, see _interrupt)
+        logger.info("shutting down")
     except KeyboardInterrupt:
         logger.info("shutting down")
     finally:
