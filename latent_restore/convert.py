@@ -35,11 +35,12 @@ import pickle
 import secrets
 import shutil
 import stat
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -224,26 +225,19 @@ FAMILIES: list[Family] = [
 
 
 def load_official_checkpoint(
-    handle: str | os.PathLike[str] | io.BytesIO, label: str
+    handle: str | os.PathLike[str] | IO[bytes], label: str
 ) -> dict[str, torch.Tensor]:
     """Read one released checkpoint safely and return its bare state dict.
 
     Args:
-        handle: a file path, or the bytes of an archive member.
+        handle: a file path, or an open binary file (an archive member spooled to disk).
         label: names the file in messages (``archive.zip:member`` for archive members).
 
     Raises:
         ConversionError: truncated or unreadable files (a text file, say), pickles holding
             arbitrary objects, and containers without a state dict.
     """
-    head = _head(handle)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        # Both torch.save formats start so (a zip, or a pickle's PROTO opcode); anything else
-        # (a text file, an HTML page, a README) would only give a confusing unpickler error.
-        raise ConversionError(
-            f"{label}: not a PyTorch checkpoint (it starts with {head[:16]!r}; "
-            "a text file, an error page or a truncated download?)"
-        )
+    check_checkpoint_head(_head(handle), label)
     try:
         obj = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -266,9 +260,27 @@ def load_official_checkpoint(
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def _head(handle: str | os.PathLike[str] | io.BytesIO, size: int = 16) -> bytes:
+def check_checkpoint_head(head: bytes, label: str) -> None:
+    """Refuse what does not start like a ``torch.save`` file.
+
+    Both formats start so (a zip, or a pickle's PROTO opcode); anything else (a text file, an HTML
+    page, a README) would only give a confusing unpickler error.
+    """
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ConversionError(
+            f"{label}: not a PyTorch checkpoint (it starts with {head[:16]!r}; "
+            "a text file, an error page or a truncated download?)"
+        )
+
+
+def _head(handle: str | os.PathLike[str] | IO[bytes], size: int = 16) -> bytes:
     if isinstance(handle, io.BytesIO):
         return handle.getbuffer()[:size].tobytes()
+    if hasattr(handle, "read"):
+        start = handle.tell()
+        head = handle.read(size)
+        handle.seek(start)
+        return head
     try:
         with open(handle, "rb") as file:
             return file.read(size)
@@ -344,18 +356,38 @@ class Source:
                 f"{file.label}: refused: reading its {info.file_size} bytes would exceed the "
                 f"{self.max_bytes} uncompressed bytes allowed per archive"
             )
-        try:
-            with self.archive.open(info) as member:
-                # One byte more than declared, so a member that inflates beyond its size is seen.
-                data = member.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, ValueError) as exc:
-            raise ConversionError(f"{file.label}: cannot be read from the archive: {exc}") from exc
-        if len(data) != info.file_size:
-            raise ConversionError(
-                f"{file.label}: refused: holds {len(data)}+ bytes where the archive declares {info.file_size}"
-            )
-        self._read_bytes += len(data)
-        return load_official_checkpoint(io.BytesIO(data), file.label)
+        with tempfile.TemporaryFile(prefix="latent-restore-member-") as spool:
+            try:
+                with self.archive.open(info) as member:
+                    # The signature first: a bomb of zeros is refused after 16 bytes, not 1 GiB.
+                    head = member.read(16)
+                    check_checkpoint_head(head, file.label)
+                    spool.write(head)
+                    size = len(head)
+                    # Copied in pieces to a private temporary file, so memory holds only the
+                    # tensors; one byte more than declared shows a member that inflates beyond it.
+                    limit = info.file_size + 1
+                    while size < limit and (block := member.read(min(1 << 20, limit - size))):
+                        spool.write(block)
+                        size += len(block)
+            except ConversionError:
+                raise
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                EOFError,
+                RuntimeError,
+                NotImplementedError,
+                ValueError,
+            ) as exc:
+                raise ConversionError(f"{file.label}: cannot be read from the archive: {exc}") from exc
+            if size != info.file_size:
+                raise ConversionError(
+                    f"{file.label}: refused: holds {size}+ bytes where the archive declares {info.file_size}"
+                )
+            self._read_bytes += size
+            spool.seek(0)
+            return load_official_checkpoint(spool, file.label)
 
 
 def _is_symlink_member(info: zipfile.ZipInfo) -> bool:
