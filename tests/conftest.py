@@ -17,6 +17,15 @@ SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
 
 
+def needs_shared(*relative: str) -> pytest.MarkDecorator:
+    """Skip (saying what is missing) unless every ``../shared/<relative>`` exists.
+
+    A clone without ``../shared`` beside it runs the core suite on data the tests make themselves.
+    """
+    missing = [r for r in relative if not (SHARED / r).exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"needs ../shared/{', ../shared/'.join(missing)}")
+
+
 def fixture_dir() -> Path:
     """The equivalence-fixture directory: ``$LATENT_RESTORE_FIXTURES`` or ``../shared/spec/fixtures``."""
     return Path(os.environ.get("LATENT_RESTORE_FIXTURES", SHARED / "spec" / "fixtures"))

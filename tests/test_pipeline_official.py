@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, fixture_dir, fixture_entries, fixture_index
+from conftest import DATA, fixture_dir, fixture_entries, fixture_index, needs_shared
 from PIL import Image
 from tolerances import assert_uint8_close
 
@@ -47,6 +47,7 @@ def _sizes(folder):
         ("real_old_scratch", ["bopbtl_scratch_b.png"], ["--with-scratch", "--hr"]),
     ],
 )
+@needs_shared("data/real_old", "data/real_old_scratch", "spec/fixtures/make_weights.py")
 def test_run_restores_real_photos_at_their_size(tmp_path, weights, source, photos, flags) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
