@@ -12,7 +12,7 @@ from conftest import DATA, needs_shared
 
 from latent_restore.cli import main
 from latent_restore.core.splits import is_held_out, split
-from latent_restore.evaluation import nlmeans
+from latent_restore.evaluation import auto_levels, best_classical, nlmeans
 from latent_restore.metrics import MaskCounts, feature_statistics, frechet_distance, psnr
 
 
@@ -43,7 +43,8 @@ def test_small_evaluation_runs_and_reports(tmp_path, tiny_weights, clean_dir, sc
     assert main([*args, "--out", str(out), *(["--with-scratch"] if scratch else [])]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["size"] == 48 and results["num_images"] == 3
-    expected = {"input", "latent-restore", "nlmeans"} | ({"nlmeans+inpaint"} if scratch else set())
+    expected = {"input", "latent-restore", "nlmeans", "nlmeans+levels"}
+    expected |= {"nlmeans+inpaint", "nlmeans+inpaint+levels"} if scratch else set()
     assert set(results["methods"]) == expected
     for scores in results["methods"].values():
         assert len(scores["per_image"]) == 3
@@ -122,3 +123,17 @@ def test_inception_features_load_user_weights(tmp_path) -> None:
     images = [np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8) for i in range(3)]
     features = extractor(images, batch_size=2)
     assert features.shape == (3, 2048) and np.isfinite(features).all()
+
+
+def test_auto_levels_stretches_each_channel_and_best_classical_picks_the_best() -> None:
+    rng = np.random.default_rng(0)
+    faded = (rng.random((32, 32, 3)) * 100 + 80).astype(np.uint8)
+    faded[..., 2] //= 2
+    stretched = auto_levels(faded)
+    for c in range(3):
+        assert stretched[..., c].min() <= 2 and stretched[..., c].max() >= 253
+    flat = np.full((8, 8, 3), 128, np.uint8)
+    assert np.array_equal(auto_levels(flat), flat)
+    methods = {"input": {"psnr": 20.0}, "nlmeans": {"psnr": 21.0}, "nlmeans+levels": {"psnr": 22.5}}
+    assert best_classical(methods)[0] == "nlmeans+levels"
+    assert best_classical({"input": {"psnr": 1.0}}) is None
