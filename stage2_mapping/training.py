@@ -26,9 +26,9 @@ from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.degradations import DegradationConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
+from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss, discriminator_loss, feature_matching_loss, lsgan_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
-from stage1_vae.vae import VAE
 from stage2_mapping.data import MappingPairDataset, ScratchDetectionDataset
 from stage2_mapping.losses import latent_l1_loss, mask_iou, scratch_detection_loss
 from stage2_mapping.mapping import (
@@ -186,8 +186,8 @@ class MappingTask(TrainTask):
         if not config.vae_a or not config.vae_b:
             raise ConfigError("vae_a and vae_b must name trained VAE component directories (--vae-a/--vae-b)")
         self.config = config
-        self.vae_a = load_component(config.vae_a, expected=VAE, map_location=device).requires_grad_(False)
-        self.vae_b = load_component(config.vae_b, expected=VAE, map_location=device).requires_grad_(False)
+        vaes = [load_component(path, LatentAutoencoder, device) for path in (config.vae_a, config.vae_b)]
+        self.vae_a, self.vae_b = (vae.requires_grad_(False) for vae in vaes)
         mapping = build_mapping(config.variant, config.model)
         channels = mapping.config.latent_channels
         for name, vae in (("vae_a", self.vae_a), ("vae_b", self.vae_b)):
