@@ -34,7 +34,7 @@ from latent_restore.core.checkpoint import load_component
 from latent_restore.core.colour import MonochromeTone, luma
 from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize, to_tensor
 from latent_restore.core.memory import available_memory
-from latent_restore.core.tiling import run_tiled
+from latent_restore.core.tiling import run_tiled, tile_starts
 from latent_restore.weights import Component
 
 logger = logging.getLogger(__name__)
@@ -568,6 +568,15 @@ class RestorationPipeline:
             if attention_macs > ATTENTION_SHARE * conv_macs:
                 side = multiple**2 * math.sqrt(ATTENTION_SHARE * macs_per_pixel / (2 * latent_width))
                 time_tile = max(MIN_CONTEXT_TILE, int(side) // multiple * multiple)
+                # Tiles pay their overlaps twice and at least MIN_CONTEXT_TILE each: on a photo
+                # only a little larger than a tile, one piece can still be cheaper.
+                tiles = len(tile_starts(height, time_tile, TILE_OVERLAP)) * len(
+                    tile_starts(width, time_tile, TILE_OVERLAP)
+                )
+                tile_cells = (time_tile // multiple) ** 2
+                tiled_macs = tiles * (2 * latent_width * tile_cells**2 + macs_per_pixel * time_tile**2)
+                if tiled_macs >= attention_macs + conv_macs:
+                    time_tile = None
         if estimate(height, width) <= budget and (time_tile is None or max(height, width) <= time_tile):
             return (
                 {Component.MAPPING_SCRATCH: "nonlocal", Component.MAPPING_HR: "patch-attention"}.get(
