@@ -52,9 +52,7 @@ def check_inputs_untouched(targets: Iterable[Path], inputs: Iterable[Path]) -> N
     input_paths = list(inputs)
     resolved = {p.resolve() for p in input_paths}
     identities = {i for i in map(_identity, input_paths) if i is not None}
-    clash = [
-        t for t in targets if t.resolve() in resolved or (t.exists() and _identity(t) in identities)
-    ]
+    clash = [t for t in targets if t.resolve() in resolved or (t.exists() and _identity(t) in identities)]
     if clash:
         shown = ", ".join(str(p) for p in clash[:5])
         raise OutputLocationError(f"refused: the output would overwrite input file(s): {shown}")
