@@ -441,3 +441,38 @@ def test_io_threads_change_nothing_but_speed(tmp_path, pipeline) -> None:
     assert runs[False] == runs[True]
     assert [p.name for p in runs[True][0]] == ["a.png", "b.png", "c.png", "d.png"]
     assert [p.name for p, _ in runs[True][1]] == ["bad.png", "c2.jpg"]
+
+
+def test_stray_rank_without_world_size_restores_everything(
+    tmp_path, tiny_weights, monkeypatch, caplog
+) -> None:
+    photos = tmp_path / "album"
+    _photos(photos, ["a.png", "b.png", "c.png"])
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    caplog.set_level("WARNING")
+    assert _run("--input", photos, "--output", tmp_path / "out", "--weights", tiny_weights) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    assert any("RANK" in r.getMessage() for r in caplog.records)
+
+
+def test_torch_is_a_range_for_users_and_a_pin_for_ci() -> None:
+    import configparser
+
+    repo = Path(__file__).resolve().parents[1]
+    setup = configparser.ConfigParser()
+    setup.read(repo / "setup.cfg")
+    requires = [line.strip() for line in setup["options"]["install_requires"].splitlines() if line.strip()]
+    torch_lines = [r for r in requires if r.startswith(("torch>", "torch=", "torchvision"))]
+    assert torch_lines and not any("==" in r for r in torch_lines)
+    pins = (repo / "constraints.txt").read_text()
+    assert "torch==" in pins and "torchvision==" in pins
+    assert "-c constraints.txt" in (repo / ".ci" / "run").read_text()
+
+
+def test_a_fixture_folder_without_index_fails_loudly(tmp_path, monkeypatch) -> None:
+    from conftest import fixture_entries
+
+    monkeypatch.setenv("LATENT_RESTORE_FIXTURES", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"index\.json"):
+        fixture_entries(("global_",))
