@@ -222,6 +222,6 @@ def test_eval_reports_pix2pix_beside_the_two_vae_method(tmp_path: Path, pix2pix_
     args = ["eval", "--quiet", "--clean", str(clean), "--all", "--size", "32", "--device", "cpu"]
     assert main([*args, "--weights", str(pix2pix_weights), "--out", str(out)]) == 0
     methods = json.loads((out / "results.json").read_text())["methods"]
-    assert set(methods) == {"input", "latent-restore", "nlmeans", "pix2pix"}
+    assert set(methods) == {"input", "latent-restore", "nlmeans", "nlmeans+levels", "pix2pix"}
     assert len(methods["pix2pix"]["per_image"]) == 2 and math.isfinite(methods["pix2pix"]["psnr"])
     assert "| pix2pix |" in (out / "results.md").read_text()
