@@ -134,16 +134,27 @@ def _shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
+def _pipeline(args: argparse.Namespace, weights: str):
+    """The pipeline of ``run`` and ``serve``, from their shared device, precision, faces and pixel flags."""
+    from latent_restore.pipeline import Precision, RestorationPipeline
+
+    return RestorationPipeline.from_pretrained(
+        weights,
+        device=args.device,
+        precision=Precision(args.precision),
+        faces=not args.no_faces,
+        max_pixels=args.max_pixels,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from latent_restore.batch import run_batch
     from latent_restore.core.checkpoint import CheckpointError
     from latent_restore.core.config import ConfigError
     from latent_restore.pipeline import (
-        Precision,
         Preset,
         RestorationModel,
         RestorationOptions,
-        RestorationPipeline,
         ScratchContext,
         WeightsNotFoundError,
     )
@@ -165,13 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         for note in options.ignored_flags():
             logger.warning("%s", note)
-        pipeline = RestorationPipeline.from_pretrained(
-            weights,
-            device=args.device,
-            precision=Precision(args.precision),
-            faces=not args.no_faces,
-            max_pixels=args.max_pixels,
-        )
+        pipeline = _pipeline(args, weights)
         summary = run_batch(
             pipeline,
             args.input,
@@ -252,20 +257,14 @@ def _positive_float(text: str) -> float:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from latent_restore.pipeline import Precision, RestorationPipeline, WeightsNotFoundError
+    from latent_restore.pipeline import WeightsNotFoundError
     from latent_restore.web.app import serve
 
     weights = _weights_dir(args)
     if weights is None:
         return 2
     try:
-        pipeline = RestorationPipeline.from_pretrained(
-            weights,
-            device=args.device,
-            precision=Precision(args.precision),
-            faces=not args.no_faces,
-            max_pixels=args.max_pixels,
-        )
+        pipeline = _pipeline(args, weights)
         stopped = serve(
             pipeline,
             host=args.host,
