@@ -33,7 +33,7 @@ from stage2_mapping.nonlocal_block import (
     partial_attention_chunked,
     validity_map,
 )
-from stage2_mapping.patch_attention import PatchAttention, _to_tiles, hole_map, match_patches
+from stage2_mapping.patch_attention import PatchAttention, hole_map, transfer_reference
 
 CHANNELS_LAST = torch.channels_last
 
@@ -47,26 +47,6 @@ def old_instance_norm(x: torch.Tensor) -> torch.Tensor:
 def old_reflect_conv(conv: nn.Conv2d, x: torch.Tensor, pad: int) -> torch.Tensor:
     """The previous reflection-padded convolution (a padded copy of the input first)."""
     return conv(F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x)
-
-
-def old_transfer(x: torch.Tensor, holes: torch.Tensor, p: int) -> torch.Tensor:
-    """The previous patch transfer: every tile flattened and copied, then all re-assembled."""
-    out = []
-    for b in range(x.shape[0]):
-        flags, sources = match_patches(x[b], holes[b, 0], p)
-        if sources.numel() == 0:
-            out.append(x[b])
-            continue
-        c, h, w = x[b].shape
-        th, tw = h // p, w // p
-        tiles = _to_tiles(x[b], p).clone()
-        tiles[torch.nonzero(flags).flatten()] = tiles[sources]
-        filled = x.new_zeros(c, h, w)
-        filled[:, : th * p, : tw * p] = (
-            tiles.reshape(th, tw, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, th * p, tw * p)
-        )
-        out.append(filled)
-    return torch.stack(out)
 
 
 @contextlib.contextmanager
@@ -204,7 +184,7 @@ def bench_patch_transfer(side: int, threads: int, repeats: int) -> None:
     with torch.no_grad():
         medians, outputs = interleaved(
             {
-                "old": lambda: old_transfer(x, holes, 2),
+                "old": lambda: transfer_reference(x, holes, 2),
                 "new": lambda: attention.transfer(scratch, holes, inplace=True),
             },
             repeats,

@@ -73,6 +73,34 @@ def match_patches(
     return flags, known_idx[best]
 
 
+def transfer_reference(x: torch.Tensor, holes: torch.Tensor, p: int) -> torch.Tensor:
+    """The released patch transfer, kept as the reference for tests and benchmarks: every tile
+    flattened, the hole tiles replaced by their sources, all tiles re-assembled (tiles that do not
+    fit the latent become zero).
+
+    Args:
+        x: ``N x C x H x W`` latent features.
+        holes: ``N x 1 x H x W`` hole map at the latent's size.
+        p: tile side in latent cells.
+    """
+    out = []
+    for b in range(x.shape[0]):
+        flags, sources = match_patches(x[b], holes[b, 0], p)
+        if sources.numel() == 0:
+            out.append(x[b])
+            continue
+        c, h, w = x[b].shape
+        th, tw = h // p, w // p
+        tiles = _to_tiles(x[b], p).clone()
+        tiles[torch.nonzero(flags).flatten()] = tiles[sources]
+        filled = x.new_zeros(c, h, w)
+        filled[:, : th * p, : tw * p] = (
+            tiles.reshape(th, tw, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, th * p, tw * p)
+        )
+        out.append(filled)
+    return torch.stack(out)
+
+
 class PatchAttention(nn.Module):
     """One scale of patch attention.
 

@@ -17,7 +17,7 @@ from stage2_mapping.nonlocal_block import (
     partial_attention_naive,
     validity_map,
 )
-from stage2_mapping.patch_attention import PatchAttention, _to_tiles, hole_map, match_patches
+from stage2_mapping.patch_attention import PatchAttention, hole_map, match_patches, transfer_reference
 
 
 def _block(channels: int = 6) -> PartialNonLocalBlock:
@@ -292,26 +292,6 @@ def test_transfer_without_source_keeps_features() -> None:
     assert torch.equal(attention.transfer(x, torch.zeros(1, 1, 4, 4)), x)
 
 
-def _transfer_by_tile_matrix(x: torch.Tensor, holes: torch.Tensor, p: int) -> torch.Tensor:
-    """The previous transfer: every tile flattened, hole rows replaced, all tiles re-assembled."""
-    out = []
-    for b in range(x.shape[0]):
-        flags, sources = match_patches(x[b], holes[b, 0], p)
-        if sources.numel() == 0:
-            out.append(x[b])
-            continue
-        c, h, w = x[b].shape
-        th, tw = h // p, w // p
-        tiles = _to_tiles(x[b], p).clone()
-        tiles[torch.nonzero(flags).flatten()] = tiles[sources]
-        filled = x.new_zeros(c, h, w)
-        filled[:, : th * p, : tw * p] = (
-            tiles.reshape(th, tw, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, th * p, tw * p)
-        )
-        out.append(filled)
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("p", [2, 3])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_in_place_transfer_equals_tile_matrix_transfer_exactly(p: int, layout) -> None:
@@ -320,7 +300,7 @@ def test_in_place_transfer_equals_tile_matrix_transfer_exactly(p: int, layout) -
     holes = (torch.rand(4, 1, 11, 8) > 0.45).float()
     holes[1] = 0.0  # no hole tile: untouched
     holes[2] = 1.0  # only hole tiles: nothing to copy from, untouched
-    ref = _transfer_by_tile_matrix(x, holes, p)
+    ref = transfer_reference(x, holes, p)
     attention = PatchAttention(3, p)
     copy = attention.transfer(x, holes)
     assert torch.equal(copy, ref)
@@ -337,9 +317,7 @@ def test_patch_attention_forward_equals_previous_formula_and_trains() -> None:
     mask = (torch.rand(2, 1, 36, 28) > 0.6).float()
     holes = hole_map(mask, (9, 7))
     with torch.no_grad():
-        ref = attention.combine(
-            torch.cat([z, _transfer_by_tile_matrix(attention.block(z), holes, 2), holes], 1)
-        )
+        ref = attention.combine(torch.cat([z, transfer_reference(attention.block(z), holes, 2), holes], 1))
         assert torch.equal(attention(z, mask), ref)
     z.requires_grad_(True)
     attention(z, mask).sum().backward()
