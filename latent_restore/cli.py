@@ -338,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars; only warnings and errors")
+    # The flags of the commands that build a restoration pipeline (see _pipeline).
+    restoring = argparse.ArgumentParser(add_help=False)
+    restoring.add_argument("--weights", help=WEIGHTS_HELP)
+    restoring.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    restoring.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 halves memory and is faster where the CPU (AVX-512 BF16/AMX) or GPU supports it "
+        "natively; elsewhere fp32 is used (default: fp32)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
@@ -410,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        parents=[common],
+        parents=[common, restoring],
         help="restore a folder of photos (or one photo)",
         description="Restore photos: scratch detection (with --with-scratch), global restoration, faces. "
         "Each result is written as OUTPUT/<stem>.png; photos already restored are skipped.",
@@ -452,21 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="colorize the result as the last stage (keeps lightness; gray photos otherwise stay gray)",
     )
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    run.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16 halves memory and is faster where the CPU (AVX-512 BF16/AMX) or GPU supports it "
-        "natively; elsewhere fp32 is used (default: fp32)",
-    )
     run.add_argument(
         "--max-pixels",
         type=_positive_int,
         help="refuse photos with more pixels than this, before decoding them "
         "(default: what half of this machine's free memory can restore)",
     )
-    run.add_argument("--weights", help=WEIGHTS_HELP)
     run.add_argument(
         "--preset",
         choices=["default", "official"],
@@ -522,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        parents=[common],
+        parents=[common, restoring],
         help="restore photos from a local web page",
         description="Serve a web page (and its JSON API) to upload photos, watch them being restored, "
         "compare before and after, and download the results. Binds to loopback by default; photos "
@@ -532,9 +534,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port", type=_port, default=7860, help="TCP port; 0 picks a free one (default: 7860)"
     )
-    serve.add_argument("--weights", help=WEIGHTS_HELP)
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    serve.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     serve.add_argument("--no-faces", action="store_true", help="do not load the face model")
     serve.add_argument(
         "--max-upload-mb", type=_positive_float, default=50, help="largest upload (default: 50)"
