@@ -24,6 +24,30 @@ from latent_restore.core.data import (
     random_hflip,
 )
 from latent_restore.core.degradations import DegradationConfig, sample_degradation, with_defects
+from latent_restore.core.degradations.sampler import (
+    ColourConfig,
+    HalftoneConfig,
+    TextureConfig,
+    ToneConfig,
+    VignetteConfig,
+)
+
+
+def face_degradation() -> DegradationConfig:
+    """The part of the degradation mix that is left on a face when the face stage sees it.
+
+    Faces are enhanced after the global stage, which has already corrected the photo's tone,
+    colour cast, vignetting, paper texture and halftone screen; what remains on a face is loss of
+    detail: blur, noise, film grain, resampling and JPEG (CVPR 2020 §3.4). Training and
+    ``latent-restore eval --faces`` use this mix.
+    """
+    return DegradationConfig(
+        tone=ToneConfig(prob=0.0),
+        colour=ColourConfig(prob=0.0),
+        vignette=VignetteConfig(prob=0.0),
+        texture=TextureConfig(prob=0.0),
+        halftone=HalftoneConfig(prob=0.0),
+    )
 
 
 class FacePairDataset(SeededDataset):
@@ -32,7 +56,7 @@ class FacePairDataset(SeededDataset):
     Args:
         face_dirs: folder(s) of aligned face crops.
         size: output side ``S`` (faces are resized, not cropped, so alignment is kept).
-        degradation: degradation ranges (default :class:`DegradationConfig`).
+        degradation: degradation ranges (default :func:`face_degradation`).
         seed: base seed; samples depend on ``(seed, epoch, index)`` only.
         length: samples per epoch; defaults to the number of images.
         with_scratches: keep the degradation's defect stage (off by default: the global stage
@@ -62,7 +86,7 @@ class FacePairDataset(SeededDataset):
         self.grayscale_prob = grayscale_prob
         self.cache = cache
         self._faces: dict[int, np.ndarray] = {}
-        self.degradation = with_defects(degradation or DegradationConfig(), with_scratches)
+        self.degradation = with_defects(degradation or face_degradation(), with_scratches)
 
     def _face(self, file_index: int) -> np.ndarray:
         """The resized face of file ``file_index``; resizing once per file is what the cache saves."""

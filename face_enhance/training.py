@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from face_enhance.data import FacePairDataset
+from face_enhance.data import FacePairDataset, face_degradation
 from face_enhance.generator import (
     FaceGenerator,
     FaceGeneratorConfig,
@@ -44,7 +44,7 @@ class FaceDataConfig:
             them before faces are enhanced).
         grayscale_prob: probability of a grayscale pair.
         cache: keep decoded, resized faces in memory.
-        degradation: degradation ranges.
+        degradation: degradation ranges; by default the face part of the mix (:func:`face_degradation`).
     """
 
     face_dirs: list[str] = dataclasses.field(default_factory=list)
@@ -52,7 +52,7 @@ class FaceDataConfig:
     with_scratches: bool = False
     grayscale_prob: float = 0.1
     cache: bool = False
-    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
+    degradation: DegradationConfig = dataclasses.field(default_factory=face_degradation)
 
 
 @dataclasses.dataclass
