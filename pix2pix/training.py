@@ -24,9 +24,10 @@ from torch.utils.data import Dataset
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.degradations import DegradationConfig
-from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
-from latent_restore.core.losses import GanMode, gan_loss
-from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
+from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
+from latent_restore.core.losses import GanMode
+from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
+from latent_restore.core.training.gan import GanLossWeights, conditional_gan_step
 from latent_restore.core.unet import UNetConfig
 from pix2pix.data import DegradedPairDataset
 from pix2pix.generator import Pix2PixGenerator
@@ -84,40 +85,6 @@ class Pix2PixTrainingConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
-def conditional_gan_step(
-    ctx: StepContext,
-    discriminator: nn.Module,
-    condition: torch.Tensor,
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    mode: GanMode,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Discriminator loss (back-propagated here) and the generator's adversarial term (not yet).
-
-    Real and fake pairs go through the (possibly DDP-wrapped) discriminator as one batch; the
-    generator's term goes through the plain, :func:`frozen` discriminator so only the generator
-    receives its gradients.
-
-    Args:
-        ctx: the step context; its ``models["discriminator"]`` is used for the discriminator loss.
-        discriminator: the unwrapped discriminator.
-        condition: the generator's input ``N x C x H x W``.
-        real, fake: target and generated output ``N x C' x H x W``.
-        mode: vanilla or LSGAN.
-
-    Returns:
-        ``(loss_d, loss_g_adv)``.
-    """
-    n = condition.shape[0]
-    pairs = torch.cat([torch.cat([condition, real], 1), torch.cat([condition, fake.detach()], 1)])
-    real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
-    loss_d = 0.5 * (gan_loss(real_out, True, mode) + gan_loss(fake_out, False, mode))
-    ctx.backward(loss_d)
-    with frozen(discriminator):
-        loss_g = gan_loss(discriminator(torch.cat([condition, fake], 1)), True, mode)
-    return loss_d, loss_g
-
-
 class Pix2PixTask(TrainTask):
     """U-Net generator + conditional PatchGAN on (degraded, clean) pairs."""
 
@@ -155,18 +122,9 @@ class Pix2PixTask(TrainTask):
         loss = self.config.loss
         degraded, clean = batch["degraded"], batch["clean"]
         fake = ctx.models["generator"](degraded)
-        l1 = (fake.float() - clean.float()).abs().mean()
-        terms = {"g/l1": l1 * loss.l1_weight}
-        logs: dict[str, torch.Tensor] = {}
-        if loss.gan_weight:
-            loss_d, loss_g = conditional_gan_step(
-                ctx, self.models["discriminator"], degraded, clean, fake, loss.gan_mode
-            )
-            logs["d/gan"] = loss_d
-            terms["g/gan"] = loss_g * loss.gan_weight
-        loss_g_total = torch.stack(list(terms.values())).sum()
-        ctx.backward(loss_g_total)
-        return {**logs, **terms, "g/total": loss_g_total, "metric/image_l1": l1}
+        weights = GanLossWeights(gan=loss.gan_weight, l1=loss.l1_weight, mode=loss.gan_mode)
+        result = conditional_gan_step(ctx, self.models.get("discriminator"), degraded, clean, fake, weights)
+        return result.logs(d_key="d/gan")
 
     def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         degraded, clean = batch["degraded"][:4], batch["clean"][:4]

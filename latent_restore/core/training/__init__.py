@@ -33,7 +33,8 @@ resume says which file was unusable and why, and continues from ``previous.pt``.
 Modules, one concern each: :mod:`.config` (settings), :mod:`.task` (the stage contract),
 :mod:`.state` (EMA and RNG states), :mod:`.checkpoints` (checkpoint files and run-folder rules),
 :mod:`.run_logging` (scalars, samples, ``train.log``), :mod:`.loop` (the :class:`Trainer`),
-:mod:`.launch` (entry points). Everything is re-exported here, so
+:mod:`.launch` (entry points) and :mod:`.gan` (the conditional-GAN step of the image-to-image
+tasks). Everything is re-exported here, so
 ``from latent_restore.core.training import TrainTask`` keeps working.
 """
 
@@ -52,6 +53,7 @@ from latent_restore.core.training.checkpoints import (
     save_atomic,
 )
 from latent_restore.core.training.config import OptimConfig, Precision, TrainConfig, adam, lr_factor
+from latent_restore.core.training.gan import GanLossWeights, GanStepResult, conditional_gan_step
 from latent_restore.core.training.launch import launch
 from latent_restore.core.training.loop import Trainer, resolve_device
 from latent_restore.core.training.run_logging import RunLogger, setup_logging
@@ -64,6 +66,8 @@ __all__ = [
     "LAST_CHECKPOINT",
     "PREVIOUS_CHECKPOINT",
     "CheckpointUnusable",
+    "GanLossWeights",
+    "GanStepResult",
     "OptimConfig",
     "Precision",
     "RunLogger",
@@ -74,6 +78,7 @@ __all__ = [
     "TrainingRefused",
     "adam",
     "check_run_dir",
+    "conditional_gan_step",
     "discard_checkpoints",
     "frozen",
     "keep_previous",
