@@ -23,13 +23,12 @@ from torch.utils.data import Dataset
 
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
-from latent_restore.core.degradations import DegradationConfig
+from latent_restore.core.data import PairedDataConfig, PairedDegradationDataset
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
 from latent_restore.core.losses import GanMode
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
 from latent_restore.core.training.gan import GanLossWeights, conditional_gan_step
 from latent_restore.core.unet import UNetConfig
-from pix2pix.data import DegradedPairDataset
 from pix2pix.generator import Pix2PixGenerator
 
 
@@ -38,29 +37,8 @@ def patchgan_config() -> DiscriminatorConfig:
     return DiscriminatorConfig(base_channels=64, num_layers=3, num_scales=1)
 
 
-@dataclasses.dataclass
-class Pix2PixDataConfig:
-    """Paired training data (see :class:`pix2pix.data.DegradedPairDataset`).
-
-    Attributes:
-        clean_dirs: clean photo folders; degraded inputs are synthesised on the fly.
-        crop_size: square crop side (a multiple of the generator's ``2**depth``).
-        length: samples per (virtual) epoch; ``None``: the number of files.
-        with_scratches: add structured defects to the degraded inputs.
-        grayscale_prob: probability of a grayscale pair.
-        cache: keep decoded images in memory.
-        exclude_held_out: leave the held-out evaluation photos out.
-        degradation: degradation ranges.
-    """
-
-    clean_dirs: list[str] = dataclasses.field(default_factory=list)
-    crop_size: int = 256
-    length: int | None = None
-    with_scratches: bool = False
-    grayscale_prob: float = 0.1
-    cache: bool = False
-    exclude_held_out: bool = False
-    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
+Pix2PixDataConfig = PairedDataConfig
+"""Paired training data (:class:`latent_restore.core.data.PairedDataConfig`), the mapping's recipe."""
 
 
 @dataclasses.dataclass
@@ -106,16 +84,18 @@ class Pix2PixTask(TrainTask):
 
     def dataset(self) -> Dataset:
         data = self.config.data
-        return DegradedPairDataset(
+        return PairedDegradationDataset(
             data.clean_dirs,
             data.crop_size,
             data.degradation,
             self.config.train.seed,
             data.length,
             with_scratches=data.with_scratches,
+            no_defect_prob=None,
             grayscale_prob=data.grayscale_prob,
             cache=data.cache,
             exclude_held_out=data.exclude_held_out,
+            with_mask=False,
         )
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from latent_restore.core.checkpoint import load_component
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
-from latent_restore.core.degradations import DegradationConfig
+from latent_restore.core.data import ImageDataConfig, PairedDataConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
 from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss
@@ -70,32 +70,17 @@ ENCODER_COMPONENT = Component.VAE_A
 
 
 @dataclasses.dataclass
-class MappingDataConfig:
-    """Paired training data of the mapping.
+class MappingDataConfig(PairedDataConfig):
+    """Paired training data of the mapping (:class:`~latent_restore.core.data.PairedDataConfig`).
 
     Attributes:
-        clean_dirs: clean photo folders; degraded inputs are synthesised on the fly.
-        crop_size: square crop side (multiple of the VAEs' ``2**num_downsamples``).
-        length: samples per (virtual) epoch; ``None``: the number of files.
         with_scratches: add structured defects and their masks; ``None``: on for the scratch and
             HR variants, off for the plain one.
         no_defect_prob: with scratches, probability of a defect-free sample (released: 1/2).
-        grayscale_prob: probability of a grayscale pair.
-        cache: keep decoded images in memory.
-        exclude_held_out: leave the held-out evaluation photos (:mod:`latent_restore.core.splits`)
-            out; each folder must be the root that ``latent-restore eval`` uses.
-        degradation: degradation ranges.
     """
 
-    clean_dirs: list[str] = dataclasses.field(default_factory=list)
-    crop_size: int = 256
-    length: int | None = None
-    exclude_held_out: bool = False
     with_scratches: bool | None = None
     no_defect_prob: float = 0.5
-    grayscale_prob: float = 0.1
-    cache: bool = False
-    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
 
 
 @dataclasses.dataclass
@@ -315,26 +300,16 @@ def build_mapping_task(config: MappingTrainingConfig, device: torch.device) -> M
 
 
 @dataclasses.dataclass
-class ScratchDataConfig:
+class ScratchDataConfig(ImageDataConfig):
     """Synthetic scratch-detection data (grayscale crops with structured defects and exact masks).
 
     Attributes:
-        clean_dirs: clean photo folders.
-        crop_size: square crop side (multiple of the U-Net's ``2**depth``).
-        length: samples per (virtual) epoch; ``None``: the number of files.
         no_defect_prob: probability of a negative sample without defects.
-        cache: keep decoded images in memory.
-        exclude_held_out: leave the held-out evaluation photos out (see :class:`MappingDataConfig`).
-        degradation: degradation ranges (defects always on).
+
+    The degradation's defects are always on; the other fields are :class:`ImageDataConfig`'s.
     """
 
-    clean_dirs: list[str] = dataclasses.field(default_factory=list)
-    crop_size: int = 256
-    length: int | None = None
     no_defect_prob: float = 0.1
-    cache: bool = False
-    exclude_held_out: bool = False
-    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig)
 
 
 @dataclasses.dataclass

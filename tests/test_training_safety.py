@@ -21,7 +21,6 @@ from conftest import REPO
 from PIL import Image
 from test_training import ToyTask
 
-from latent_restore.core import data as data_module
 from latent_restore.core import dist
 from latent_restore.core.data import (
     CleanImageDataset,
@@ -29,6 +28,7 @@ from latent_restore.core.data import (
     NoReadableImagesError,
     image_problem,
 )
+from latent_restore.core.data import files as data_module
 from latent_restore.core.imaging import ImageReadError, decode_image
 from latent_restore.core.training import (
     StepContext,
