@@ -33,18 +33,25 @@ class FaceEnhancerConfig:
             result, 0.0 returns the photo unchanged, values between mix the two.
         face_size: crop side; by default the generator's ``config.load_size`` (needed for
             generators without a config, e.g. a stand-in in tests).
+        max_upscale: faces that would be enlarged more than this when pasted back (photo pixels
+            per crop pixel) are left as they are: the generator renders at most ``face_size``
+            pixels across, so on a large, already detailed face it would replace real detail with
+            an upsampled estimate. ``None`` enhances every face (the released behaviour).
     """
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     batch_size: int = 4
     blend_strength: float = 1.0
     face_size: int | None = None
+    max_upscale: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.blend_strength <= 1.0:
             raise ValueError(f"blend_strength must be in [0, 1], got {self.blend_strength}")
+        if self.max_upscale is not None and self.max_upscale <= 0:
+            raise ValueError(f"max_upscale must be positive, got {self.max_upscale}")
 
 
 @dataclass
@@ -131,6 +138,15 @@ class FaceEnhancer:
             matrix = estimate_alignment(face.five_points, size)
             if matrix is None:
                 logger.warning("skipping a face at %s: its landmarks are degenerate", face.box)
+                continue
+            upscale = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
+            if self.config.max_upscale is not None and upscale > self.config.max_upscale:
+                logger.info(
+                    "leaving the face at %s as it is: it is %.1fx the %d px generator's resolution",
+                    face.box,
+                    upscale,
+                    size,
+                )
                 continue
             faces.append(face)
             matrices.append(matrix)

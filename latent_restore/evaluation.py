@@ -133,10 +133,13 @@ def best_classical(methods: dict[str, dict]) -> tuple[str, dict] | None:
     return max(present, key=lambda item: item[1]["psnr"]) if present else None
 
 
-def _grid(cases: list[EvalCase], outputs: dict[str, list[np.ndarray]]) -> np.ndarray:
+def grid_image(
+    pairs: list[tuple[np.ndarray, np.ndarray]], outputs: dict[str, list[np.ndarray]]
+) -> np.ndarray:
+    """Rows of ``clean | degraded | each method`` for the first :data:`GRID_ROWS` cases."""
     rows = []
-    for i, case in enumerate(cases[:GRID_ROWS]):
-        tiles = [case.clean, case.degraded] + [images[i] for images in outputs.values()]
+    for i, (clean, degraded) in enumerate(pairs[:GRID_ROWS]):
+        tiles = [clean, degraded] + [images[i] for images in outputs.values()]
         rows.append(
             np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], axis=1)
         )
@@ -239,7 +242,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     write_atomic(out / "results.md", _markdown(protocol, methods).encode())
-    write_atomic(out / "grid.png", encode_png(_grid(cases, outputs)))
+    write_atomic(out / "grid.png", encode_png(grid_image([(c.clean, c.degraded) for c in cases], outputs)))
     for name, s in methods.items():
         logger.info(
             "%-16s PSNR %.2f dB  SSIM %.4f%s",

@@ -518,3 +518,19 @@ def test_enhancer_settings_are_checked() -> None:
         FaceEnhancerConfig(batch_size=0)
     with pytest.raises(ValueError, match="face_size"):
         FaceEnhancer(nn.Identity(), FaceEnhancerConfig(), detector=object())  # type: ignore[arg-type]
+
+
+def test_faces_far_larger_than_the_generator_are_left_alone(detector: FaceDetector) -> None:
+    """A face needing more than max_upscale x enlargement keeps its own detail; smaller ones are enhanced."""
+    image = _photo("kair_real_faces/face_03.png")
+    generator = _tiny_generator(ENHANCER_SIZE)
+    face = detector(image)[0]
+    upscale = float(np.sqrt(abs(np.linalg.det(estimate_alignment(face.five_points, ENHANCER_SIZE)[:2, :2]))))
+    kept = FaceEnhancer(generator, FaceEnhancerConfig(max_upscale=upscale * 0.9), detector=detector)(image)
+    np.testing.assert_array_equal(kept.image, image)
+    assert kept.faces == []
+    enhanced = FaceEnhancer(generator, FaceEnhancerConfig(max_upscale=upscale * 1.1), detector=detector)(
+        image
+    )
+    assert len(enhanced.faces) == 1
+    assert np.abs(enhanced.image.astype(int) - image).max() > 50
