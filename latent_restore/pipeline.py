@@ -9,286 +9,92 @@ the released pipeline's behaviour (see ``docs/official-quirks.md``).
 The global stage is the two-VAE latent translation by default; ``model=pix2pix`` swaps in the
 pix2pix U-Net baseline (Isola et al. 2017) for it. Colorization (off by default) runs last, after
 faces, and keeps each photo's lightness.
+
+Around it: :mod:`latent_restore.options` (what to do, what comes back), :mod:`latent_restore.planning`
+(whole photo or tiles), :mod:`latent_restore.stores` (loading components, the face stage) and
+:mod:`latent_restore.devices` (device and precision).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import logging
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from latent_restore import official
-from latent_restore.core.checkpoint import load_component
 from latent_restore.core.colour import MonochromeTone, luma
 from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize, to_tensor
 from latent_restore.core.memory import available_memory
-from latent_restore.core.tiling import run_tiled, tile_starts
+from latent_restore.core.tiling import run_tiled
+from latent_restore.devices import bf16_supported, resolve_device
+from latent_restore.options import (
+    DeviceNotAvailableError,
+    FaceEnhancerFn,
+    IncompatibleWeightsError,
+    NonFiniteOutputError,
+    Precision,
+    Preset,
+    RestorationModel,
+    RestorationOptions,
+    RestorationResult,
+    ScratchContext,
+    WeightsNotFoundError,
+)
+from latent_restore.planning import (
+    ATTENTION_SHARE,
+    BYTES_PER_PIXEL,
+    MIN_CONTEXT_TILE,
+    PROBE_SIDE,
+    TILE_OVERLAP,
+    NetworkShape,
+    count_conv_macs,
+    default_max_pixels,
+    estimate_global_bytes,
+    plan_global,
+)
+from latent_restore.stores import ComponentStore, FaceStage
 from latent_restore.weights import Component
+
+__all__ = [
+    "ATTENTION_SHARE",
+    "BYTES_PER_PIXEL",
+    "MIN_CONTEXT_TILE",
+    "TILE_OVERLAP",
+    "ComponentStore",
+    "DeviceNotAvailableError",
+    "FaceEnhancerFn",
+    "FaceStage",
+    "IncompatibleWeightsError",
+    "NonFiniteOutputError",
+    "Precision",
+    "Preset",
+    "RestorationModel",
+    "RestorationOptions",
+    "RestorationPipeline",
+    "RestorationResult",
+    "ScratchContext",
+    "WeightsNotFoundError",
+    "bf16_supported",
+    "default_max_pixels",
+    "estimate_global_bytes",
+    "pix2pix_method",
+    "resolve_device",
+]
+"""Re-exported from :mod:`.options`, :mod:`.planning`, :mod:`.stores` and :mod:`.devices`, where they
+live, so ``from latent_restore.pipeline import RestorationOptions`` keeps working."""
 
 logger = logging.getLogger(__name__)
 
 MIN_NETWORK_SIDE = 16
 DETECTOR_SHORT_SIDE = 256
-TILE_OVERLAP = 64
-ATTENTION_SHARE = 0.4
-"""With ``scratch_context=tiled``, the partial non-local block may cost at most this fraction of
-the convolutions' work: with detection and tile overlaps a scratched photo then costs about 1.5x
-its quality-mode time, whatever its size (whole-photo attention grows with the square of the
-pixel count)."""
-MIN_CONTEXT_TILE = 256
-"""Smallest tile side (pixels) the time plan cuts a scratched photo into: below it the attention
-would see too little undamaged context to fill a scratch from."""
-PROBE_SIDE = 64
-"""Side of the probe image whose convolution work (counted by hooks) gives each path's cost per pixel."""
-
-
-class Preset(str, enum.Enum):
-    DEFAULT = "default"
-    OFFICIAL = "official"
-
-
-class ScratchContext(str, enum.Enum):
-    """How much of a scratched photo the partial non-local block attends over.
-
-    ``tiled`` bounds the attention's quadratic work by tiles (see :data:`ATTENTION_SHARE`);
-    ``global`` attends over the whole photo in one piece whenever memory allows (the released
-    behaviour, slow on large photos).
-    """
-
-    TILED = "tiled"
-    GLOBAL = "global"
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    BF16 = "bf16"
-
-
-class RestorationModel(str, enum.Enum):
-    """The network of the global stage: the two-VAE latent translation or the pix2pix baseline."""
-
-    TWO_VAE = "two-vae"
-    PIX2PIX = "pix2pix"
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """No usable weights; the message says how to get some."""
-
-
-class IncompatibleWeightsError(ValueError):
-    """Components of one weights set that cannot work together (latent channels, downsampling)."""
-
-
-class DeviceNotAvailableError(ValueError):
-    """The asked-for device does not exist on this machine."""
-
-
-BYTES_PER_PIXEL = 96
-"""What the whole-photo arrays of one restoration cost per pixel (float32 input, tensor, padded
-copy, blended tile accumulator, output, tone-mapped copy, quantised and encoded results), on top of
-the tile working set the memory planner bounds; measured peak on a 12 MP photo: see README."""
-
-
-def default_max_pixels(device: torch.device | None = None) -> int:
-    """The largest photo (in pixels) a run accepts by default: half the free memory at ``BYTES_PER_PIXEL``.
-
-    A larger photo is refused from its header, before decoding, instead of driving the machine
-    into swap; ``--max-pixels`` overrides it.
-    """
-    return max(1 << 20, int(available_memory(device or torch.device("cpu")) * 0.5) // BYTES_PER_PIXEL)
-
-
-@dataclass
-class RestorationOptions:
-    """What to do with one photo.
-
-    Attributes:
-        with_scratch: detect scratches and fill them (partial non-local block or patch attention).
-        hr: use the patch-attention mapping for scratched high-resolution photos.
-        faces: enhance faces when a face enhancer is available.
-        keep_monochrome: gray and sepia photos come out gray and sepia.
-        preset: ``default`` or ``official`` (the released pipeline's pre/post-processing).
-        return_stages: also return the intermediate images.
-        model: the global stage's network; ``pix2pix`` has no scratch, HR or official mode.
-        colorize: colorize the result as the last stage (gray photos then come out in colour).
-        face_size: 256 or 512, the face generator to use when both are present; None = 256, or
-            512 under the ``official`` preset with ``hr`` (what the released pipeline does).
-        scratch_context: ``tiled`` (bounded time) or ``global`` attention in scratch mode.
-    """
-
-    with_scratch: bool = False
-    hr: bool = False
-    faces: bool = True
-    keep_monochrome: bool = True
-    preset: Preset = Preset.DEFAULT
-    return_stages: bool = False
-    model: RestorationModel = RestorationModel.TWO_VAE
-    colorize: bool = False
-    face_size: int | None = None
-    scratch_context: ScratchContext = ScratchContext.TILED
-
-    def __post_init__(self) -> None:
-        self.model = RestorationModel(self.model)
-        self.preset = Preset(self.preset)
-        self.scratch_context = ScratchContext(self.scratch_context)
-        if self.face_size not in (None, 256, 512):
-            raise ValueError(f"face_size must be 256 or 512, got {self.face_size}")
-
-    def resolved_face_size(self) -> int:
-        """The face generator side these options prefer."""
-        if self.face_size is not None:
-            return self.face_size
-        return 512 if self.preset is Preset.OFFICIAL and self.hr and self.with_scratch else 256
-
-    def ignored_flags(self) -> list[str]:
-        """Flags that have no effect with the others (to say so instead of silently ignoring them)."""
-        notes = []
-        if self.hr and not self.with_scratch:
-            notes.append(
-                "--hr selects the patch-attention mapping of scratch mode: it has no effect without "
-                "--with-scratch"
-            )
-        if self.face_size is not None and not self.faces:
-            notes.append("--face-size has no effect with --no-faces")
-        return notes
-
-
-@dataclass
-class RestorationResult:
-    """Output of one photo.
-
-    Attributes:
-        image: float32 ``H x W x 3`` in [0, 1] (the input size; the rounded size under ``official``).
-        alpha: the input's alpha channel, carried through, or None.
-        scratch_mask: bool ``H x W`` of detected defects (scratch modes), else None.
-        face_boxes: ``(left, top, right, bottom)`` per enhanced face.
-        stages: intermediate images by stage name (when asked for).
-        path: how the global stage was computed (``full``, ``nonlocal``, ``patch-attention``, ``tiles ...``,
-            ``pix2pix``).
-    """
-
-    image: np.ndarray
-    alpha: np.ndarray | None = None
-    scratch_mask: np.ndarray | None = None
-    face_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
-    stages: dict[str, np.ndarray] = field(default_factory=dict)
-    path: str = "full"
-
-
-FaceEnhancerFn = Callable[..., tuple[np.ndarray, list[tuple[int, int, int, int]]]]
-"""``fn(uint8 H x W x 3, size=256|512, official_detector=bool)`` -> (uint8 image, face boxes)."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceNotAvailableError(
-            f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceNotAvailableError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DeviceNotAvailableError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise DeviceNotAvailableError(f"--device {name}: Apple MPS is not available on this machine")
-    return device
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bfloat16 is fast on CUDA and on CPUs with AVX-512 BF16 or AMX; elsewhere it is emulated."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
-class ComponentStore:
-    """Loads each component of a weights directory at most once, on first use."""
-
-    def __init__(self, weights_dir: str | os.PathLike[str], device: torch.device, dtype: torch.dtype) -> None:
-        self.weights_dir = Path(weights_dir)
-        self.device = device
-        self.dtype = dtype
-        self._loaded: dict[Component, nn.Module] = {}
-        self._identities: dict[Component, str] = {}
-
-    def available(self, component: Component) -> bool:
-        return component in self._loaded or (self.weights_dir / component.value / "config.json").is_file()
-
-    def identity(self, component: Component) -> str:
-        """SHA-256 of the component's files: what a restored photo's record names its weights by."""
-        if component not in self._identities:
-            digest = hashlib.sha256()
-            for name in ("config.json", "model.safetensors"):
-                path = self.weights_dir / component.value / name
-                digest.update(name.encode())
-                with open(path, "rb") as handle:
-                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                        digest.update(block)
-            self._identities[component] = digest.hexdigest()
-        return self._identities[component]
-
-    def get(self, component: Component) -> nn.Module:
-        if component not in self._loaded:
-            path = self.weights_dir / component.value
-            if not (path / "config.json").is_file():
-                raise WeightsNotFoundError(f"{self.weights_dir} has no {component.value} component")
-            logger.info("loading %s", path)
-            model = load_component(path, map_location=self.device).to(self.dtype)
-            # Channels-last lets oneDNN/cuDNN convolve without re-laying-out each feature map, which
-            # saves one full-size copy per convolution on large photos.
-            self._loaded[component] = model.to(memory_format=torch.channels_last)
-        return self._loaded[component]
-
-
-def estimate_global_bytes(
-    height: int,
-    width: int,
-    latent_width: int,
-    attention: bool,
-    multiple: int = 4,
-    image_width: int = 64,
-) -> int:
-    """Rough peak memory of one global-restoration pass (activations only), from the networks' sizes.
-
-    Full-resolution VAE features (``image_width`` channels, about three live copies),
-    latent-resolution mapping features (``latent_width`` channels at ``1 / multiple`` of the
-    sides, about five copies) and, for the non-local block, its keys/values/output plus one chunk
-    of scores.
-    """
-    pixels = height * width
-    cells = math.ceil(height / multiple) * math.ceil(width / multiple)
-    total = 3 * image_width * 4 * pixels + 5 * latent_width * 4 * cells
-    if attention:
-        total += 3 * latent_width * 4 * cells + (512 << 20)
-    return int(total * 1.25)
 
 
 class RestorationPipeline:
@@ -503,33 +309,15 @@ class RestorationPipeline:
         probe image (the networks' sizes, not assumptions about them)."""
         key = (mapping, decoder)
         if key not in self._conv_macs:
-            count = [0]
-
-            def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-                # Conv2d: every output value sums Cin/g * kh * kw products (weight[0]); a transposed
-                # convolution spreads every input value over Cout/g * kh * kw outputs (its weight[0]).
-                spread = inputs[0] if isinstance(module, nn.ConvTranspose2d) else output
-                count[0] += spread.numel() * module.weight[0].numel()
-
             modules = [self.components.get(c) for c in (Component.VAE_A, mapping, decoder)]
-            handles = [
-                m.register_forward_hook(hook)
-                for net in modules
-                for m in net.modules()
-                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-            ]
-            try:
-                probe = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE)
-                mask = (
-                    torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE)
-                    if mapping is not Component.MAPPING_QUALITY
-                    else None
-                )
-                self._global_forward(mapping, decoder, probe, mask)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            self._conv_macs[key] = count[0] / PROBE_SIDE**2
+            probe = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE)
+            mask = (
+                torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE)
+                if mapping is not Component.MAPPING_QUALITY
+                else None
+            )
+            macs = count_conv_macs(modules, lambda: self._global_forward(mapping, decoder, probe, mask))
+            self._conv_macs[key] = macs / PROBE_SIDE**2
         return self._conv_macs[key]
 
     def _plan(
@@ -540,64 +328,23 @@ class RestorationPipeline:
         decoder: Component,
         context: ScratchContext = ScratchContext.TILED,
     ) -> tuple[str, int | None]:
-        """Choose how to compute the global stage: in one piece, or tiles of what side.
-
-        Memory first: the estimate of :func:`estimate_global_bytes` must fit the budget. Then time,
-        for the partial non-local block under ``tiled`` context: its work (``2 C N^2`` for ``N``
-        latent cells attended together) may be at most :data:`ATTENTION_SHARE` of the
-        convolutions' work, which bounds the tile side at ``m^2 sqrt(share * macs_per_pixel / 2C)``.
-        """
-        config = self.components.get(mapping).config
-        latent_width = config.widths()[-1]
+        """:func:`latent_restore.planning.plan_global` for this path, with the loaded networks' sizes."""
         encoder = self.components.get(Component.VAE_A).config
-        multiple, image_width = encoder.multiple, encoder.stage_channels()[0]
-        attention = mapping is Component.MAPPING_SCRATCH
+        shape = NetworkShape(
+            latent_width=self.components.get(mapping).config.widths()[-1],
+            multiple=encoder.multiple,
+            image_width=encoder.stage_channels()[0],
+            attention=mapping is Component.MAPPING_SCRATCH,
+        )
         budget = (
             self.memory_limit if self.memory_limit is not None else int(available_memory(self.device) * 0.8)
         )
-
-        def estimate(h: int, w: int) -> int:
-            return estimate_global_bytes(h, w, latent_width, attention, multiple, image_width)
-
-        time_tile = None
-        if attention and context is ScratchContext.TILED:
-            macs_per_pixel = self._conv_macs_per_pixel(mapping, decoder)
-            cells = math.ceil(height / multiple) * math.ceil(width / multiple)
-            attention_macs = 2 * latent_width * cells**2
-            conv_macs = macs_per_pixel * height * width
-            if attention_macs > ATTENTION_SHARE * conv_macs:
-                side = multiple**2 * math.sqrt(ATTENTION_SHARE * macs_per_pixel / (2 * latent_width))
-                time_tile = max(MIN_CONTEXT_TILE, int(side) // multiple * multiple)
-                # Tiles pay their overlaps twice and at least MIN_CONTEXT_TILE each: on a photo
-                # only a little larger than a tile, one piece can still be cheaper.
-                tiles = len(tile_starts(height, time_tile, TILE_OVERLAP)) * len(
-                    tile_starts(width, time_tile, TILE_OVERLAP)
-                )
-                tile_cells = (time_tile // multiple) ** 2
-                tiled_macs = tiles * (2 * latent_width * tile_cells**2 + macs_per_pixel * time_tile**2)
-                if tiled_macs >= attention_macs + conv_macs:
-                    time_tile = None
-        if estimate(height, width) <= budget and (time_tile is None or max(height, width) <= time_tile):
-            return (
-                {Component.MAPPING_SCRATCH: "nonlocal", Component.MAPPING_HR: "patch-attention"}.get(
-                    mapping, "full"
-                ),
-                None,
-            )
-        tile = time_tile if time_tile is not None else 2048
-        while tile > MIN_CONTEXT_TILE and estimate(tile, tile) > budget:
-            tile = max(MIN_CONTEXT_TILE, tile // 2 // multiple * multiple)
-        if time_tile is not None:
-            logger.info(
-                "scratch context: whole-photo attention would cost %.1f GMAC against %.1f GMAC of "
-                "convolutions; attending within %d px tiles instead (--scratch-context global keeps it)",
-                attention_macs / 1e9,
-                conv_macs / 1e9,
-                tile,
-            )
-        if estimate(tile, tile) > budget:
-            raise MemoryError(f"not even a {tile}x{tile} tile fits in the {budget / 2**30:.1f} GiB available")
-        return f"tiles {tile}x{tile}", tile
+        whole = {Component.MAPPING_SCRATCH: "nonlocal", Component.MAPPING_HR: "patch-attention"}.get(
+            mapping, "full"
+        )
+        return plan_global(
+            height, width, shape, budget, lambda: self._conv_macs_per_pixel(mapping, decoder), context, whole
+        )
 
     def restore_global(
         self,
@@ -778,10 +525,6 @@ class RestorationPipeline:
         return RestorationResult(restored.astype(np.float32) / 255.0, None, mask, boxes, stages, "official")
 
 
-class NonFiniteOutputError(ArithmeticError):
-    """A network produced NaN or infinite values; the photo fails instead of coming out black."""
-
-
 def _check_finite(values: np.ndarray, stage: str) -> None:
     if not np.isfinite(values).all():
         raise NonFiniteOutputError(
@@ -799,44 +542,3 @@ def pix2pix_method(pipeline: RestorationPipeline) -> Callable[[np.ndarray], np.n
         return None
     options = RestorationOptions(faces=False, model=RestorationModel.PIX2PIX)
     return lambda image: quantize(pipeline(image, options).image)
-
-
-class FaceStage:
-    """Face enhancement over a component store, built on first use.
-
-    ``size`` picks the 256 or 512 generator (:meth:`RestorationOptions.resolved_face_size`); when
-    only the other one is present it is used. The ``official`` preset uses the released detector
-    settings (no upsampling), the default finds smaller faces.
-    """
-
-    def __init__(self, store: ComponentStore) -> None:
-        self.store = store
-        self._enhancers: dict[tuple[Component, bool], object] = {}
-
-    def available(self) -> bool:
-        return self.store.available(Component.FACE_256) or self.store.available(Component.FACE_512)
-
-    def component(self, size: int = 256) -> Component:
-        """The face component serving ``size`` (the other size when only that one is present)."""
-        preferred = (
-            [Component.FACE_512, Component.FACE_256]
-            if size == 512
-            else [Component.FACE_256, Component.FACE_512]
-        )
-        return next(c for c in preferred if self.store.available(c))
-
-    def __call__(
-        self, image: np.ndarray, size: int = 256, official_detector: bool = False
-    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-        from face_enhance.detection import OFFICIAL_DETECTOR, DetectorConfig
-        from face_enhance.enhancer import FaceEnhancer, FaceEnhancerConfig
-
-        component = self.component(size)
-        key = (component, official_detector)
-        if key not in self._enhancers:
-            detector = OFFICIAL_DETECTOR if official_detector else DetectorConfig()
-            batch = 1 if component is Component.FACE_512 else 4
-            config = FaceEnhancerConfig(detector=detector, batch_size=batch)
-            self._enhancers[key] = FaceEnhancer(self.store.get(component), config)
-        result = self._enhancers[key](image)
-        return result.image, [tuple(int(v) for v in box) for box in result.boxes]

@@ -1,0 +1,138 @@
+"""What a restoration is asked to do and what it returns: the typed values the pipeline, the CLI,
+the web jobs and the batch runner share (presets, scratch context, precision, model, options,
+results) and the errors they report.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Preset(str, enum.Enum):
+    DEFAULT = "default"
+    OFFICIAL = "official"
+
+
+class ScratchContext(str, enum.Enum):
+    """How much of a scratched photo the partial non-local block attends over.
+
+    ``tiled`` bounds the attention's quadratic work by tiles (see :data:`ATTENTION_SHARE`);
+    ``global`` attends over the whole photo in one piece whenever memory allows (the released
+    behaviour, slow on large photos).
+    """
+
+    TILED = "tiled"
+    GLOBAL = "global"
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class RestorationModel(str, enum.Enum):
+    """The network of the global stage: the two-VAE latent translation or the pix2pix baseline."""
+
+    TWO_VAE = "two-vae"
+    PIX2PIX = "pix2pix"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No usable weights; the message says how to get some."""
+
+
+class IncompatibleWeightsError(ValueError):
+    """Components of one weights set that cannot work together (latent channels, downsampling)."""
+
+
+class DeviceNotAvailableError(ValueError):
+    """The asked-for device does not exist on this machine."""
+
+
+@dataclass
+class RestorationOptions:
+    """What to do with one photo.
+
+    Attributes:
+        with_scratch: detect scratches and fill them (partial non-local block or patch attention).
+        hr: use the patch-attention mapping for scratched high-resolution photos.
+        faces: enhance faces when a face enhancer is available.
+        keep_monochrome: gray and sepia photos come out gray and sepia.
+        preset: ``default`` or ``official`` (the released pipeline's pre/post-processing).
+        return_stages: also return the intermediate images.
+        model: the global stage's network; ``pix2pix`` has no scratch, HR or official mode.
+        colorize: colorize the result as the last stage (gray photos then come out in colour).
+        face_size: 256 or 512, the face generator to use when both are present; None = 256, or
+            512 under the ``official`` preset with ``hr`` (what the released pipeline does).
+        scratch_context: ``tiled`` (bounded time) or ``global`` attention in scratch mode.
+    """
+
+    with_scratch: bool = False
+    hr: bool = False
+    faces: bool = True
+    keep_monochrome: bool = True
+    preset: Preset = Preset.DEFAULT
+    return_stages: bool = False
+    model: RestorationModel = RestorationModel.TWO_VAE
+    colorize: bool = False
+    face_size: int | None = None
+    scratch_context: ScratchContext = ScratchContext.TILED
+
+    def __post_init__(self) -> None:
+        self.model = RestorationModel(self.model)
+        self.preset = Preset(self.preset)
+        self.scratch_context = ScratchContext(self.scratch_context)
+        if self.face_size not in (None, 256, 512):
+            raise ValueError(f"face_size must be 256 or 512, got {self.face_size}")
+
+    def resolved_face_size(self) -> int:
+        """The face generator side these options prefer."""
+        if self.face_size is not None:
+            return self.face_size
+        return 512 if self.preset is Preset.OFFICIAL and self.hr and self.with_scratch else 256
+
+    def ignored_flags(self) -> list[str]:
+        """Flags that have no effect with the others (to say so instead of silently ignoring them)."""
+        notes = []
+        if self.hr and not self.with_scratch:
+            notes.append(
+                "--hr selects the patch-attention mapping of scratch mode: it has no effect without "
+                "--with-scratch"
+            )
+        if self.face_size is not None and not self.faces:
+            notes.append("--face-size has no effect with --no-faces")
+        return notes
+
+
+@dataclass
+class RestorationResult:
+    """Output of one photo.
+
+    Attributes:
+        image: float32 ``H x W x 3`` in [0, 1] (the input size; the rounded size under ``official``).
+        alpha: the input's alpha channel, carried through, or None.
+        scratch_mask: bool ``H x W`` of detected defects (scratch modes), else None.
+        face_boxes: ``(left, top, right, bottom)`` per enhanced face.
+        stages: intermediate images by stage name (when asked for).
+        path: how the global stage was computed (``full``, ``nonlocal``, ``patch-attention``, ``tiles ...``,
+            ``pix2pix``).
+    """
+
+    image: np.ndarray
+    alpha: np.ndarray | None = None
+    scratch_mask: np.ndarray | None = None
+    face_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+    path: str = "full"
+
+
+FaceEnhancerFn = Callable[..., tuple[np.ndarray, list[tuple[int, int, int, int]]]]
+"""``fn(uint8 H x W x 3, size=256|512, official_detector=bool)`` -> (uint8 image, face boxes)."""
+
+
+class NonFiniteOutputError(ArithmeticError):
+    """A network produced NaN or infinite values; the photo fails instead of coming out black."""
