@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from latent_restore.core.config import ConfigError
 from latent_restore.core.data import NoReadableImagesError
 from latent_restore.core.dist import DistributedEnvError
 from latent_restore.core.training import TrainingRefused, launch, setup_logging
+from latent_restore.core.training.checkpoints import CheckpointUnusable
+from latent_restore.core.training.export import export_weights
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -35,6 +38,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--vgg-weights", help="torchvision vgg19 state dict for the perceptual loss")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument(
+        "--export-weights",
+        metavar="DIR",
+        help="do not train: write the components of the run folder's latest checkpoint to DIR",
+    )
     return p
 
 
@@ -57,6 +65,13 @@ def run(
         that would be overwritten, no usable checkpoint, a folder of unreadable images, an
         inconsistent torchrun environment) exit 2 with their message and no traceback.
     """
+    if args.export_weights:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            export_weights(config_cls, build_task, args.out, args.export_weights)
+        except (OSError, ConfigError, CheckpointUnusable) as exc:
+            p.exit(2, f"{p.prog}: error: {exc}\n")
+        return 0
     overrides = [*args.set, *extra]
     if args.vgg_weights:
         overrides.append(assign("loss.vgg_weights", args.vgg_weights))

@@ -18,6 +18,7 @@ from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
 from colorize import Colorizer, ColorizerConfig, colorize
+from colorize.calibration import calibrate, with_chroma_scale
 from colorize.lab import fit_chroma_to_gamut, lab_to_linear_rgb, lab_to_rgb, rgb_to_lab
 from colorize.training import ColorizeTrainingConfig, build_colorize_task
 from latent_restore.cli import main
@@ -180,6 +181,16 @@ def test_pretrain_then_gan_phase_train_and_write_loadable_weights(tmp_path: Path
         assert ("d/gan" in rows[0]) == adversarial and ("g/gan" in rows[0]) == adversarial
         net = load_component(run / "weights" / Component.COLORIZE.value, expected=Colorizer)
         assert colorize(net, gray_photo(20, 28)).shape == (20, 28, 3)
+    # --export-weights turns the last checkpoint into the same components the run ended with.
+    exported = tmp_path / "exported"
+    assert run_script("train_colorize", ["--out", str(gan), "--export-weights", str(exported)]) == 0
+    final = load_component(gan / "weights" / Component.COLORIZE.value).state_dict()
+    again = load_component(exported / Component.COLORIZE.value).state_dict()
+    assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
+    assert (
+        run_script("train_colorize", ["--out", str(tmp_path / "none"), "--export-weights", str(exported)])
+        == 2
+    )
     # The gan phase starts from the pre-trained weights, not from a fresh network.
     config = load_config(
         ColorizeTrainingConfig, REPO / "scripts" / "configs" / "tiny" / "colorize.yaml", ["phase=gan"]
@@ -265,3 +276,26 @@ def test_trained_colorizer_beats_gray_in_ciede2000() -> None:
         gray_errors.append(deltaE_ciede2000(reference, rgb2lab(gray)).mean())
         colour_errors.append(deltaE_ciede2000(reference, rgb2lab(colorize(net, gray))).mean())
     assert np.mean(colour_errors) < np.mean(gray_errors)
+
+
+def test_chroma_scale_scales_the_prediction_and_zero_gives_the_gray_photo() -> None:
+    net = vivid_colorizer().eval()
+    gray = np.repeat(np.linspace(30, 220, 32 * 32).reshape(32, 32, 1).astype(np.uint8), 3, axis=2)
+    x = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
+    half = with_chroma_scale(net, 0.5)
+    torch.testing.assert_close(half(x), 0.5 * net(x))
+    assert net.config.chroma_scale == 1.0, "the original keeps its scale"
+    neutral = colorize(with_chroma_scale(net, 0.0), gray).astype(int)
+    assert np.abs(neutral - gray).max() <= 1
+    assert np.abs(colorize(net, gray).astype(int) - gray).max() > 20
+
+
+def test_calibration_shrinks_a_wrong_colour_towards_gray() -> None:
+    """A colorizer that paints everything one colour is worse than gray: calibration picks a small scale."""
+    rng = np.random.default_rng(0)
+    photos = [np.repeat(rng.integers(40, 220, (32, 32, 1), dtype=np.uint8), 3, axis=2) for _ in range(3)]
+    result = calibrate(vivid_colorizer().eval(), photos, scales=(0.0, 0.5, 1.0))
+    gray_error = np.mean([deltaE_ciede2000(rgb2lab(p), rgb2lab(to_grayscale(p))).mean() for p in photos])
+    assert result.errors[0.0] == pytest.approx(gray_error, abs=1e-6)
+    assert result.errors[0.0] < result.errors[0.5] < result.errors[1.0]
+    assert result.best == 0.0

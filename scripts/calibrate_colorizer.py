@@ -1,0 +1,52 @@
+"""Pick the colorizer's chroma scale on held-aside photos and save the calibrated component.
+
+    python scripts/calibrate_colorizer.py --weights ../runs/colorize/weights/colorize \
+        --photos ../shared/data/train_extra/clean/bsds500/test --out ../runs/colorize/calibrated
+
+The photos must not be training photos (the lite config keeps BSDS500 test out of training).
+Writes OUT/colorize (the component with ``chroma_scale`` set) and prints CIEDE2000 per scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from colorize.calibration import calibrate, with_chroma_scale
+from colorize.network import Colorizer
+from latent_restore.core.checkpoint import load_component, save_component
+from latent_restore.core.data import center_square_resize, list_images, load_rgb
+
+logger = logging.getLogger("calibrate_colorizer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", required=True, type=Path, help="the trained colorize component")
+    p.add_argument("--photos", required=True, nargs="+", type=Path, help="colour photos not trained on")
+    p.add_argument("--out", required=True, type=Path, help="folder for the calibrated component")
+    p.add_argument("--size", type=int, default=256, help="centre-crop side (default 256, as the tests)")
+    p.add_argument("--count", type=int, default=100, help="photos used at most (default 100)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    model = load_component(args.weights, expected=Colorizer)
+    paths = [path for folder in args.photos for path in list_images(folder)][: args.count]
+    result = calibrate(model, (center_square_resize(load_rgb(path), args.size) for path in paths))
+    for scale, error in result.errors.items():
+        logger.info("chroma scale %.1f: CIEDE2000 %.3f", scale, error)
+    logger.info(
+        "best %.1f (%.3f; gray %.3f) on %d photos",
+        result.best,
+        result.errors[result.best],
+        result.errors.get(0.0, float("nan")),
+        len(paths),
+    )
+    save_component(with_chroma_scale(model, result.best), args.out / "colorize")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
