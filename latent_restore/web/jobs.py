@@ -9,12 +9,9 @@ A running job can be cancelled (deleted, or the server stopping): the pipeline r
 and each tile through callbacks, and the next report after a cancellation raises
 :class:`JobCancelledError` on the worker thread, so the photo stops between tiles or stages.
 
-Files live in a private temporary folder (mode 0700) under random names; nothing a client sends
-ever becomes part of a path. Finished jobs expire after a time to live, taking their files with
-them, and the whole folder is removed when the manager closes or the interpreter exits. A server
-that could not clean up (SIGKILL, power loss) leaves its folder behind; each folder holds a lock
-file that its server keeps locked, so the next server started by the same user recognises the
-folders nobody holds any more and removes them.
+Files live in a private work folder (:mod:`latent_restore.web.workdir`) under random names; nothing
+a client sends ever becomes part of a path. Finished jobs expire after a time to live, taking their
+files with them, and the whole folder is removed when the manager closes or the interpreter exits.
 """
 
 from __future__ import annotations
@@ -22,10 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import os
 import secrets
-import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -38,19 +32,35 @@ from typing import BinaryIO, Protocol
 
 from latent_restore.core.imaging import ImageReadError, PixelLimitError, encode_png, read_photo
 from latent_restore.pipeline import RestorationOptions, RestorationResult
+from latent_restore.web.workdir import (
+    LOCK_NAME,
+    WORK_DIR_PREFIX,
+    copy_limited,
+    make_work_dir,
+    remove_stale_work_dirs,
+    remove_work_dir,
+    write_private,
+)
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: stale folders are left to the system's cleanup
-    fcntl = None
+__all__ = [
+    "LOCK_NAME",
+    "WORK_DIR_PREFIX",
+    "Job",
+    "JobCancelledError",
+    "JobManager",
+    "JobStatus",
+    "ManagerClosedError",
+    "Pipeline",
+    "QueueFullError",
+    "UploadTooLargeError",
+    "megabytes",
+    "remove_stale_work_dirs",
+]
 
 logger = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 30.0
 """How often the idle worker looks for expired jobs (lookups also sweep, so expiry is exact)."""
-WORK_DIR_PREFIX = "latent-restore-web-"
-LOCK_NAME = "server.lock"
-"""Held (``flock``) by the live server for as long as its folder exists; never counted as a job file."""
 
 
 class Pipeline(Protocol):
@@ -144,75 +154,6 @@ def _progress_stages(options: RestorationOptions, has_faces: bool) -> list[str]:
     return [*stages, "saving"]
 
 
-def remove_stale_work_dirs(root: str | os.PathLike[str]) -> list[Path]:
-    """Remove the work folders under ``root`` that servers of this user left behind when they died.
-
-    A folder is stale when it has this module's prefix, belongs to the current user and its lock
-    file can be locked, i.e. no live process holds it (the kernel drops a dead process's locks,
-    SIGKILL included). Folders without a lock file are left alone: they may be being created.
-
-    Returns:
-        The folders removed.
-    """
-    if fcntl is None:
-        return []
-    removed = []
-    for candidate in Path(root).glob(f"{WORK_DIR_PREFIX}*"):
-        try:
-            info = candidate.lstat()
-        except OSError:
-            continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            continue
-        try:
-            fd = os.open(candidate / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # its server is alive
-        try:
-            shutil.rmtree(candidate, ignore_errors=True)
-        finally:
-            os.close(fd)
-        removed.append(candidate)
-    if removed:
-        logger.info(
-            "removed %d temporary folder(s) left by a server that was killed: %s",
-            len(removed),
-            ", ".join(str(p) for p in removed),
-        )
-    return removed
-
-
-def _make_work_dir(root: str | None) -> tuple[Path, int | None]:
-    """A private folder (mode 0700) and the descriptor of its held lock file."""
-    work_dir = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=root))
-    if fcntl is None:
-        return work_dir, None
-    # Locked under a temporary name and renamed: another server never sees the lock file unlocked.
-    creating = work_dir / f".{LOCK_NAME}.creating"
-    fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.rename(creating, work_dir / LOCK_NAME)
-    except BaseException:
-        os.close(fd)
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    return work_dir, fd
-
-
-def _remove_work_dir(path: Path, lock_fd: int | None) -> None:
-    """Remove the folder, then release its lock (the order keeps others from judging it stale early)."""
-    shutil.rmtree(path, ignore_errors=True)
-    if lock_fd is not None:
-        os.close(lock_fd)
-
-
 class JobManager:
     """Queue of restoration jobs served by one worker thread.
 
@@ -254,8 +195,8 @@ class JobManager:
         self.clock = clock
         root = None if temp_root is None else str(temp_root)
         remove_stale_work_dirs(tempfile.gettempdir() if root is None else root)
-        self.work_dir, lock_fd = _make_work_dir(root)
-        self._remove_work_dir = weakref.finalize(self, _remove_work_dir, self.work_dir, lock_fd)
+        self.work_dir, lock_fd = make_work_dir(root)
+        self._remove_work_dir = weakref.finalize(self, remove_work_dir, self.work_dir, lock_fd)
         self._jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
         self._running: Job | None = None
@@ -301,7 +242,7 @@ class JobManager:
         upload = self._new_path(".upload")
         try:
             with open(upload, "wb") as handle:
-                size = _copy_limited(data, handle, self.max_upload_bytes)
+                size = copy_limited(data, handle, self.max_upload_bytes)
             if size is None:
                 raise UploadTooLargeError(f"the upload is larger than {megabytes(self.max_upload_bytes)}")
             width, height = self._validate(upload)
@@ -497,7 +438,7 @@ class JobManager:
             self._set_stage(job, "reading")
             photo = read_photo(job.upload, max_pixels=self.max_pixels)
             original = self._new_path(".png")
-            _write_private(original, encode_png(photo.rgb, photo.alpha, photo.gray_file, photo.icc_profile))
+            write_private(original, encode_png(photo.rgb, photo.alpha, photo.gray_file, photo.icc_profile))
             with self._cond:
                 job.original = original
                 self._check_cancelled(job)
@@ -505,7 +446,7 @@ class JobManager:
             self._set_stage(job, "saving")
             data = encode_png(result.image, result.alpha, photo.gray_file, photo.icc_profile, photo.exif)
             path = self._new_path(".png")
-            _write_private(path, data)
+            write_private(path, data)
         except Exception as exc:
             with self._cond:
                 cancelled = job.cancelled
@@ -531,33 +472,11 @@ class JobManager:
                         path.unlink(missing_ok=True)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create a new file in the work folder (never ``write_atomic``, which would recreate the folder).
-
-    The names are random and a path is published to clients only after its file is complete, so
-    no reader sees a partial file; and a write that races the folder's removal at shutdown must
-    fail instead of bringing the folder back outside anyone's cleanup.
-    """
-    with open(path, "xb") as handle:
-        handle.write(data)
-
-
 def _snapshot(job: Job) -> Job:
     """A copy that request threads may read without the lock."""
     copy = Job(**{name: getattr(job, name) for name in job.__dataclass_fields__})
     copy.stages, copy.notes = list(job.stages), list(job.notes)
     return copy
-
-
-def _copy_limited(source: BinaryIO, target: BinaryIO, limit: int, chunk: int = 1 << 20) -> int | None:
-    """Copy at most ``limit`` bytes; None when the source has more."""
-    total = 0
-    while block := source.read(chunk):
-        total += len(block)
-        if total > limit:
-            return None
-        target.write(block)
-    return total
 
 
 def megabytes(count: int) -> str:
