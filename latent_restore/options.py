@@ -136,3 +136,12 @@ FaceEnhancerFn = Callable[..., tuple[np.ndarray, list[tuple[int, int, int, int]]
 
 class NonFiniteOutputError(ArithmeticError):
     """A network produced NaN or infinite values; the photo fails instead of coming out black."""
+
+
+def check_finite_output(values: np.ndarray, stage: str) -> None:
+    """Raise :class:`NonFiniteOutputError` naming ``stage`` when ``values`` hold NaN or Inf."""
+    if not np.isfinite(values).all():
+        raise NonFiniteOutputError(
+            f"{stage} produced non-finite values (NaN/Inf): the weights may be damaged or the "
+            "precision too low for them; try --precision fp32 or other weights"
+        )

@@ -31,10 +31,11 @@ from PIL import Image
 
 from latent_restore import official
 from latent_restore.core.colour import MonochromeTone, luma
-from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize, to_tensor
+from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize
 from latent_restore.core.memory import available_memory
 from latent_restore.core.tiling import run_tiled
 from latent_restore.devices import bf16_supported, resolve_device
+from latent_restore.official_preset import restore_official
 from latent_restore.options import (
     DeviceNotAvailableError,
     FaceEnhancerFn,
@@ -47,6 +48,7 @@ from latent_restore.options import (
     RestorationResult,
     ScratchContext,
     WeightsNotFoundError,
+    check_finite_output,
 )
 from latent_restore.planning import (
     ATTENTION_SHARE,
@@ -266,15 +268,19 @@ class RestorationPipeline:
         choose = getattr(self.face_enhancer, "component", None)
         return choose(options.resolved_face_size()) if choose else None
 
-    def _stage(self, name: str) -> None:
+    def stage(self, name: str) -> None:
+        """Report that stage ``name`` starts (to :attr:`stage_callback`: progress, cancellation)."""
         if self.stage_callback is not None:
             self.stage_callback(name)
 
-    # ----------------------------------------------------------------------------------- global stage
-
-    def _global_forward(
+    def global_forward(
         self, mapping: Component, decoder: Component, x: torch.Tensor, mask: torch.Tensor | None
-    ):
+    ) -> torch.Tensor:
+        """VAE A's encoder, the mapping and a VAE B decoder on ``x`` (``1 x 3 x H x W`` in [-1, 1]).
+
+        Padded to the encoder's multiple and cropped back; ``mask`` (``1 x 1 x H x W``) goes to the
+        scratch mappings. Returns float32 ``1 x 3 x H x W`` on the CPU.
+        """
         vae_a = self.components.get(Component.VAE_A)
         net = self.components.get(mapping)
         vae_b = self.components.get(decoder)
@@ -316,7 +322,7 @@ class RestorationPipeline:
                 if mapping is not Component.MAPPING_QUALITY
                 else None
             )
-            macs = count_conv_macs(modules, lambda: self._global_forward(mapping, decoder, probe, mask))
+            macs = count_conv_macs(modules, lambda: self.global_forward(mapping, decoder, probe, mask))
             self._conv_macs[key] = macs / PROBE_SIDE**2
         return self._conv_macs[key]
 
@@ -378,7 +384,7 @@ class RestorationPipeline:
         logger.info("global restoration: %s (%dx%d)", path, x.shape[-1], x.shape[-2])
 
         def forward(piece: torch.Tensor, piece_mask: torch.Tensor | None) -> torch.Tensor:
-            return self._global_forward(mapping, decoder, piece, piece_mask)
+            return self.global_forward(mapping, decoder, piece, piece_mask)
 
         if tile is None:
             out = forward(x, m)
@@ -406,8 +412,6 @@ class RestorationPipeline:
 
         return colorize(self.components.get(Component.COLORIZE), rgb)
 
-    # ----------------------------------------------------------------------------------- scratches
-
     def detect_scratches(
         self, rgb: np.ndarray, threshold: float = official.DETECTION_THRESHOLD
     ) -> np.ndarray:
@@ -430,8 +434,6 @@ class RestorationPipeline:
         prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
         return (prob[0, 0] >= threshold).numpy()
 
-    # ----------------------------------------------------------------------------------- one photo
-
     def __call__(
         self, photo: Photo | np.ndarray | Image.Image, options: RestorationOptions | None = None
     ) -> RestorationResult:
@@ -441,21 +443,21 @@ class RestorationPipeline:
         if not isinstance(photo, Photo):
             photo = photo_from_array(photo)
         if options.preset is Preset.OFFICIAL:
-            return self._official(photo, options)
+            return restore_official(self, photo, options)
         stages: dict[str, np.ndarray] = {}
         tone = MonochromeTone.fit(photo.rgb) if options.keep_monochrome else None
         mask = None
         if options.with_scratch:
-            self._stage("scratch detection")
+            self.stage("scratch detection")
             mask = self.detect_scratches(photo.rgb)
             if options.return_stages:
                 stages["scratch_mask"] = mask.astype(np.uint8) * 255
-        self._stage("global restoration")
+        self.stage("global restoration")
         if options.model is RestorationModel.PIX2PIX:
             restored, path = self.restore_pix2pix(photo.rgb)
         else:
             restored, path = self.restore_global(photo.rgb, mask, options.hr, options.scratch_context)
-        _check_finite(restored, "global restoration")
+        check_finite_output(restored, "global restoration")
         if restored.shape[:2] != photo.size:
             raise IncompatibleWeightsError(
                 f"the global stage returned {restored.shape[1]}x{restored.shape[0]} for a "
@@ -467,7 +469,7 @@ class RestorationPipeline:
             stages["global"] = quantize(restored)
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
-            self._stage("faces")
+            self.stage("faces")
             enhanced, boxes = self.face_enhancer(quantize(restored), size=options.resolved_face_size())
             if boxes:
                 restored = enhanced.astype(np.float32) / 255.0
@@ -477,60 +479,12 @@ class RestorationPipeline:
                 stages["faces"] = quantize(restored)
         if options.colorize:
             # Last, and after the monochrome tone was re-applied: nothing turns the colours back to gray.
-            self._stage("colorization")
+            self.stage("colorization")
             restored = self.colorize(restored)
-            _check_finite(restored, "colorization")
+            check_finite_output(restored, "colorization")
             if options.return_stages:
                 stages["colorize"] = quantize(restored)
         return RestorationResult(restored, photo.alpha, mask, boxes, stages, path)
-
-    def _official(self, photo: Photo, options: RestorationOptions) -> RestorationResult:
-        """The released pipeline's pre/post-processing around the same networks (spec §2–§7)."""
-        image = Image.fromarray(quantize(photo.rgb))
-        stages: dict[str, np.ndarray] = {}
-        mask = None
-        if options.with_scratch:
-            self._stage("scratch detection")
-            detection = official.detect_scratches(self.components.get(Component.SCRATCH_DETECTOR), image)
-            prepared = official.prepare_scratch_input(
-                detection.full_size_image, detection.saved_mask[..., 0], hr=options.hr
-            )
-            mask = prepared.mask[0, 0].numpy() > 0
-            mapping = Component.MAPPING_HR if options.hr else Component.MAPPING_SCRATCH
-            self._stage("global restoration")
-            out = self._global_forward(mapping, Component.VAE_B_SCRATCH, prepared.image, prepared.mask)
-            if options.return_stages:
-                stages["scratch_mask"] = detection.saved_mask[..., 0]
-        else:
-            self._stage("global restoration")
-            resized = np.asarray(official.resize_full_mode(image))
-            out = self._global_forward(
-                Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, to_tensor(resized), None
-            )
-        _check_finite(out.numpy(), "global restoration")
-        restored = official.saved_restoration(out)
-        if options.return_stages:
-            stages["global"] = restored
-        boxes: list[tuple[int, int, int, int]] = []
-        if options.faces and self.face_enhancer is not None:
-            self._stage("faces")
-            restored, boxes = self.face_enhancer(
-                restored, size=options.resolved_face_size(), official_detector=True
-            )
-        if options.colorize:
-            self._stage("colorization")
-            restored = self.colorize(restored)
-            if options.return_stages:
-                stages["colorize"] = restored
-        return RestorationResult(restored.astype(np.float32) / 255.0, None, mask, boxes, stages, "official")
-
-
-def _check_finite(values: np.ndarray, stage: str) -> None:
-    if not np.isfinite(values).all():
-        raise NonFiniteOutputError(
-            f"{stage} produced non-finite values (NaN/Inf): the weights may be damaged or the "
-            "precision too low for them; try --precision fp32 or other weights"
-        )
 
 
 def pix2pix_method(pipeline: RestorationPipeline) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -53,17 +53,17 @@ def test_scratch_pixels_are_filled_before_encoding(pipeline) -> None:
     mask = np.zeros((32, 32), bool)
     mask[10:12] = True
     calls = []
-    original = pipeline._global_forward
+    original = pipeline.global_forward
 
     def spy(mapping, decoder, x, m):
         calls.append((x.clone(), None if m is None else m.clone()))
         return original(mapping, decoder, x, m)
 
-    pipeline._global_forward = spy
+    pipeline.global_forward = spy
     try:
         pipeline.restore_global(image, mask)
     finally:
-        pipeline._global_forward = original
+        pipeline.global_forward = original
     x, m = calls[0]
     assert torch.equal(m[0, 0].bool(), torch.from_numpy(mask))
     assert torch.all(x[0, :, 10:12] == 1.0)  # holes are white, as the scratch mapping was trained

@@ -652,10 +652,10 @@ class BlockingPipeline(RestorationPipeline):
         self.global_calls += 1
         return super().restore_global(*args, **kwargs)
 
-    def _global_forward(self, *args):
+    def global_forward(self, *args):
         self.tiles += 1
         self._block()
-        return super()._global_forward(*args)
+        return super().global_forward(*args)
 
 
 def test_blocking_pipeline_tiles_the_photo(pipeline) -> None:

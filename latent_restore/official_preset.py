@@ -1,0 +1,65 @@
+"""The ``official`` preset: the released pipeline's pre- and post-processing around our networks.
+
+The released scripts resize (quality mode: to a multiple of 4, scratch mode: through the detector's
+256 px view), fill detected scratches before the mapping, min-max the output into uint8 and detect
+faces with their own settings (spec §2–§7, ``docs/official-quirks.md``). The networks and the stage
+order are the pipeline's; only these steps around them differ.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from latent_restore import official
+from latent_restore.core.imaging import Photo, quantize, to_tensor
+from latent_restore.options import RestorationOptions, RestorationResult, check_finite_output
+from latent_restore.weights import Component
+
+if TYPE_CHECKING:
+    from latent_restore.pipeline import RestorationPipeline
+
+
+def restore_official(
+    pipeline: RestorationPipeline, photo: Photo, options: RestorationOptions
+) -> RestorationResult:
+    """The released pipeline's pre/post-processing around the same networks (spec §2–§7)."""
+    image = Image.fromarray(quantize(photo.rgb))
+    stages: dict[str, np.ndarray] = {}
+    mask = None
+    if options.with_scratch:
+        pipeline.stage("scratch detection")
+        detection = official.detect_scratches(pipeline.components.get(Component.SCRATCH_DETECTOR), image)
+        prepared = official.prepare_scratch_input(
+            detection.full_size_image, detection.saved_mask[..., 0], hr=options.hr
+        )
+        mask = prepared.mask[0, 0].numpy() > 0
+        mapping = Component.MAPPING_HR if options.hr else Component.MAPPING_SCRATCH
+        pipeline.stage("global restoration")
+        out = pipeline.global_forward(mapping, Component.VAE_B_SCRATCH, prepared.image, prepared.mask)
+        if options.return_stages:
+            stages["scratch_mask"] = detection.saved_mask[..., 0]
+    else:
+        pipeline.stage("global restoration")
+        resized = np.asarray(official.resize_full_mode(image))
+        out = pipeline.global_forward(
+            Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, to_tensor(resized), None
+        )
+    check_finite_output(out.numpy(), "global restoration")
+    restored = official.saved_restoration(out)
+    if options.return_stages:
+        stages["global"] = restored
+    boxes: list[tuple[int, int, int, int]] = []
+    if options.faces and pipeline.face_enhancer is not None:
+        pipeline.stage("faces")
+        restored, boxes = pipeline.face_enhancer(
+            restored, size=options.resolved_face_size(), official_detector=True
+        )
+    if options.colorize:
+        pipeline.stage("colorization")
+        restored = pipeline.colorize(restored)
+        if options.return_stages:
+            stages["colorize"] = restored
+    return RestorationResult(restored.astype(np.float32) / 255.0, None, mask, boxes, stages, "official")
