@@ -398,7 +398,7 @@ class RestorationPipeline:
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path (``pix2pix``).
         """
-        from pix2pix.inference import translate
+        from latent_restore.pix2pix.inference import translate
 
         generator = self.components.get(Component.PIX2PIX)
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0

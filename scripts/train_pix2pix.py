@@ -11,7 +11,7 @@ import sys
 
 import training_args
 
-from pix2pix.training import Pix2PixTrainingConfig, build_pix2pix_task
+from latent_restore.pix2pix.training import Pix2PixTrainingConfig, build_pix2pix_task
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,7 +200,7 @@ def test_default_recipe_is_unchanged() -> None:
 def test_lite_configs_resolve_and_exclude_held_out(name: str) -> None:
     from colorize.training import ColorizeTrainingConfig
     from face_enhance.training import FaceTrainingConfig
-    from pix2pix.training import Pix2PixTrainingConfig
+    from latent_restore.pix2pix.training import Pix2PixTrainingConfig
 
     classes = {
         "vae": VAETrainingConfig,

@@ -29,9 +29,9 @@ from latent_restore.pipeline import (
     RestorationPipeline,
     WeightsNotFoundError,
 )
+from latent_restore.pix2pix import Pix2PixGenerator, translate
+from latent_restore.pix2pix.training import Pix2PixTrainingConfig, build_pix2pix_task
 from latent_restore.weights import Component
-from pix2pix import Pix2PixGenerator, translate
-from pix2pix.training import Pix2PixTrainingConfig, build_pix2pix_task
 
 TINY = UNetConfig(base_channels=4, max_channels=16, depth=3)
 CLEAN_DIRS = [str(DATA / "clean" / "Set14"), str(DATA / "clean" / "Set5")]
