@@ -29,7 +29,7 @@ from latent_restore.core.losses import GanMode
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
 from latent_restore.core.training.gan import GanLossWeights, conditional_gan_step
 from latent_restore.core.unet import UNetConfig
-from pix2pix.generator import Pix2PixGenerator
+from latent_restore.pix2pix.generator import Pix2PixGenerator
 
 
 def patchgan_config() -> DiscriminatorConfig:
