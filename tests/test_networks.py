@@ -1,11 +1,20 @@
-"""Tiny-config tests of every global-restoration network: shapes, gradients, save/load round trip."""
+"""Tiny-config tests of every registered network: shapes, gradients, save/load round trip.
+
+One case per architecture name in the checkpoint registry; a network registered without a case
+here fails :func:`test_every_registered_architecture_has_a_case`.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from latent_restore.core.checkpoint import load_component, save_component
+import latent_restore.weights  # noqa: F401  (registers every architecture)
+from colorize.network import Colorizer, ColorizerConfig
+from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
+from latent_restore.core.checkpoint import _ARCHITECTURES, load_component, save_component
+from latent_restore.core.unet import UNetConfig
+from latent_restore.pix2pix import Pix2PixGenerator
 from stage1_vae import VAE, VAEConfig
 from stage2_mapping import (
     MappingConfig,
@@ -66,7 +75,28 @@ def _cases():
             lambda: (torch.rand(2, 1, 16, 24) * 2 - 1,),
             (2, 1, 16, 24),
         ),
+        "pix2pix_generator": (
+            Pix2PixGenerator(UNetConfig(base_channels=4, max_channels=16, depth=3)),
+            lambda: (torch.rand(2, 3, 16, 24) * 2 - 1,),
+            (2, 3, 16, 24),
+        ),
+        "colorizer": (
+            Colorizer(ColorizerConfig(base_channels=4, max_channels=16, depth=3)),
+            lambda: (torch.rand(2, 1, 16, 24) * 2 - 1,),
+            (2, 2, 16, 24),
+        ),
+        "face_generator": (
+            FaceGenerator(
+                FaceGeneratorConfig(load_size=64, base_channels=4, spade_hidden_channels=4, num_upsamples=3)
+            ),
+            lambda: (torch.rand(2, 3, 64, 64) * 2 - 1,),
+            (2, 3, 64, 64),
+        ),
     }
+
+
+def test_every_registered_architecture_has_a_case() -> None:
+    assert set(_cases()) == set(_ARCHITECTURES)
 
 
 @pytest.mark.parametrize("name", list(_cases()))
