@@ -1,105 +1,29 @@
-"""Shared test helpers: where ../shared lives, and official-layout checkpoints built by the fixture rule."""
+"""Fixtures shared by the tests; the helpers they build on are in ``helpers.py``.
+
+The helpers are re-exported here for the test files that still import them from ``conftest``.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATA = SHARED / "data"
-
-
-def needs_shared(*relative: str) -> pytest.MarkDecorator:
-    """Skip (saying what is missing) unless every ``../shared/<relative>`` exists.
-
-    A clone without ``../shared`` beside it runs the core suite on data the tests make themselves.
-    """
-    missing = [r for r in relative if not (SHARED / r).exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"needs ../shared/{', ../shared/'.join(missing)}")
-
-
-def fixture_dir() -> Path:
-    """The equivalence-fixture directory: ``$LATENT_RESTORE_FIXTURES`` or ``../shared/spec/fixtures``."""
-    return Path(os.environ.get("LATENT_RESTORE_FIXTURES", SHARED / "spec" / "fixtures"))
-
-
-def fixture_index() -> dict[str, dict]:
-    """The fixtures' ``index.json``; empty when ``../shared`` is absent (the tests then skip).
-
-    Raises:
-        FileNotFoundError: ``$LATENT_RESTORE_FIXTURES`` names a folder without ``index.json`` —
-            a mistyped path must fail loudly, not collect zero cases.
-    """
-    path = fixture_dir() / "index.json"
-    if not path.is_file():
-        if os.environ.get("LATENT_RESTORE_FIXTURES"):
-            raise FileNotFoundError(f"LATENT_RESTORE_FIXTURES={fixture_dir()} has no index.json")
-        return {}
-    return json.loads(path.read_text())
-
-
-def fixture_entries(prefixes: tuple[str, ...]) -> list:
-    """File names of the fixtures whose name starts with one of ``prefixes`` (one test each).
-
-    Without any fixture folder, one parameter that skips and says why, so the run reports the
-    missing fixtures instead of silently collecting nothing.
-    """
-    names = sorted(name for name in fixture_index() if name.startswith(prefixes))
-    if names:
-        return names
-    reason = f"no equivalence fixtures at {fixture_dir()} (they come with ../shared/spec)"
-    return [pytest.param(None, id="no-fixtures", marks=pytest.mark.skip(reason=reason))]
-
-
-def _first_existing(candidates: Iterable[Path]) -> Path:
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"none of {[str(p) for p in candidates]} exists")
-
-
-def manifest_path() -> Path:
-    env = os.environ.get("LATENT_RESTORE_MANIFEST")
-    fx = fixture_dir()
-    return _first_existing(
-        ([Path(env)] if env else [])
-        + [fx.parent / "checkpoint-manifest.json", fx / "checkpoint-manifest.json"]
-        + [SHARED / "spec" / "checkpoint-manifest.json"]
-    )
-
-
-def make_weights_module() -> ModuleType:
-    """The normative weight-generation rule shipped beside the fixtures."""
-    fx = fixture_dir()
-    path = _first_existing([fx / "make_weights.py", SHARED / "spec" / "fixtures" / "make_weights.py"])
-    spec = importlib.util.spec_from_file_location("fixture_make_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_official_tree(root: Path, checkpoint_ids: Iterable[str], salt: int) -> Path:
-    """Generate released checkpoints by the fixture rule and save them in the official containers/layout."""
-    mw = make_weights_module()
-    manifest = mw.load_manifest(manifest_path())
-    for ckpt_id in checkpoint_ids:
-        entry = manifest["checkpoints"][ckpt_id]
-        state_dict = mw.make_state_dict(manifest, ckpt_id, salt)
-        container = {"model_state": state_dict} if "model_state" in entry["container"] else state_dict
-        path = root / entry["release_path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(container, path)
-        del state_dict, container
-    return root
+from helpers import (  # noqa: F401  (re-exported)
+    DATA,
+    REPO,
+    SHARED,
+    fixture_dir,
+    fixture_entries,
+    fixture_index,
+    make_weights_module,
+    manifest_path,
+    needs_shared,
+    write_official_tree,
+    write_tiny_weights,
+)
 
 
 @pytest.fixture(scope="session")
@@ -126,49 +50,24 @@ def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Iter
     return build
 
 
-def write_tiny_weights(directory: Path, seed: int = 0) -> Path:
-    """A weights directory with every component at a tiny size and random weights."""
-    from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
-    from latent_restore.core.checkpoint import save_component
-    from latent_restore.weights import Component
-    from stage1_vae import VAE, VAEConfig
-    from stage2_mapping import (
-        MappingConfig,
-        MappingNetwork,
-        NonLocalMappingConfig,
-        NonLocalMappingNetwork,
-        PatchAttentionMappingConfig,
-        PatchAttentionMappingNetwork,
-        ScratchDetector,
-        ScratchDetectorConfig,
-    )
-
-    torch.manual_seed(seed)
-    vae = VAEConfig(base_channels=4, latent_channels=8, num_res_blocks=1)
-    mapping = {"latent_channels": 8, "base_channels": 4, "max_channels": 16, "num_levels": 2, "num_blocks": 1}
-    components = {
-        Component.VAE_A: VAE(vae),
-        Component.VAE_B_QUALITY: VAE(vae),
-        Component.VAE_B_SCRATCH: VAE(vae),
-        Component.MAPPING_QUALITY: MappingNetwork(MappingConfig(**mapping)),
-        Component.MAPPING_SCRATCH: NonLocalMappingNetwork(
-            NonLocalMappingConfig(**mapping, nonlocal_res_blocks=1)
-        ),
-        Component.MAPPING_HR: PatchAttentionMappingNetwork(
-            PatchAttentionMappingConfig(
-                **mapping, patch_sizes=(4, 2), pre_blocks=1, inter_blocks=1, post_blocks=1
-            )
-        ),
-        Component.SCRATCH_DETECTOR: ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)),
-        Component.FACE_256: FaceGenerator(
-            FaceGeneratorConfig(load_size=64, base_channels=4, spade_hidden_channels=4, num_upsamples=3)
-        ),
-    }
-    for component, model in components.items():
-        save_component(model, directory / component.value)
-    return directory
-
-
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_weights(tmp_path_factory.mktemp("tiny") / "weights")
+
+
+@pytest.fixture
+def restore_torch_state() -> Iterator[None]:
+    """Training entry points set torch's threads and the root logger; give both back afterwards.
+
+    Use it with ``pytestmark = pytest.mark.usefixtures("restore_torch_state")``.
+    """
+    threads = torch.get_num_threads()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    torch.set_num_threads(threads)
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)

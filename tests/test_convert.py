@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
-from conftest import make_weights_module, manifest_path
+from helpers import make_weights_module, manifest_path
 
 from latent_restore.cli import main
 from latent_restore.convert import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
+from helpers import DATA
 from PIL import Image
 
 from face_enhance.data import FacePairDataset

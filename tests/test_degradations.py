@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
+from helpers import DATA
 from PIL import Image
 
 from latent_restore.cli import main

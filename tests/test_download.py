@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import manifest_path, write_official_tree
+from helpers import manifest_path, write_official_tree
 from PIL import Image
 
 from latent_restore import download as download_module

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir, fixture_entries, fixture_index
+from helpers import fixture_dir, fixture_entries, fixture_index
 from PIL import Image
 from tolerances import assert_bounded_close, assert_exact, assert_latent_close, assert_uint8_close
 

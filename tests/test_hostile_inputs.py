@@ -6,12 +6,10 @@ import importlib.util
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, REPO
+from helpers import DATA, REPO
 from PIL import Image
 
 from latent_restore.core.config import load_config

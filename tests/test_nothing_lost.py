@@ -471,7 +471,7 @@ def test_torch_is_a_range_for_users_and_a_pin_for_ci() -> None:
 
 
 def test_a_fixture_folder_without_index_fails_loudly(tmp_path, monkeypatch) -> None:
-    from conftest import fixture_entries
+    from helpers import fixture_entries
 
     monkeypatch.setenv("LATENT_RESTORE_FIXTURES", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"index\.json"):

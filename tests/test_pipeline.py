@@ -140,7 +140,7 @@ def test_alpha_is_carried(pipeline) -> None:
 
 
 def test_faces_are_found_and_enhanced(tiny_weights) -> None:
-    from conftest import DATA
+    from helpers import DATA
 
     if not (DATA / "faces" / "gfpgan_cropped").is_dir():
         pytest.skip("needs ../shared/data/faces/gfpgan_cropped")

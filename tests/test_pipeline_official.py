@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, fixture_dir, fixture_entries, fixture_index, needs_shared
+from helpers import DATA, fixture_dir, fixture_entries, fixture_index, needs_shared
 from PIL import Image
 from tolerances import assert_uint8_close
 

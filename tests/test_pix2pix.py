@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, REPO
+from helpers import CLEAN_DIRS, REPO, needs_data, run_script
 from PIL import Image
 from torch import nn
 
@@ -34,23 +31,9 @@ from latent_restore.pix2pix.training import Pix2PixTrainingConfig, build_pix2pix
 from latent_restore.weights import Component
 
 TINY = UNetConfig(base_channels=4, max_channels=16, depth=3)
-CLEAN_DIRS = [str(DATA / "clean" / "Set14"), str(DATA / "clean" / "Set5")]
-needs_data = pytest.mark.skipif(not (DATA / "clean" / "Set14").is_dir(), reason="shared sample data missing")
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads_and_logging() -> Iterator[None]:
-    """Training entry points set torch's threads and the root logger; give them back afterwards."""
-    threads = torch.get_num_threads()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    torch.set_num_threads(threads)
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_torch_state")
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +44,6 @@ def pix2pix_weights(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory
     torch.manual_seed(0)
     save_component(Pix2PixGenerator(TINY), weights / Component.PIX2PIX.value)
     return weights
-
-
-def run_script(name: str, argv: list[str]) -> int:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        module = __import__(name)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return module.main(argv)
 
 
 # --- networks ------------------------------------------------------------------------------------

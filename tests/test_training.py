@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import DATA, REPO
+from helpers import CLEAN_DIRS, DATA, REPO, needs_data
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -54,12 +54,10 @@ from stage2_mapping.training import (
 )
 
 TINY = REPO / "scripts" / "configs" / "tiny"
+pytestmark = pytest.mark.usefixtures("restore_torch_state")
 FULL = REPO / "scripts" / "configs" / "full"
-CLEAN_DIRS = [str(DATA / "clean" / "Set14"), str(DATA / "clean" / "Set5")]
 FACE_DIRS = [str(DATA / "faces" / d) for d in ("kair_real_faces", "gfpgan_cropped", "diffbir_aligned")]
 REAL_DIRS = [str(DATA / "real_old")]
-
-needs_data = pytest.mark.skipif(not (DATA / "clean" / "Set14").is_dir(), reason="shared sample data missing")
 
 
 def data_overrides(clean: bool = True, real: bool = False, faces: bool = False) -> list[str]:
@@ -72,14 +70,6 @@ def data_overrides(clean: bool = True, real: bool = False, faces: bool = False) 
     if faces:
         out.append(f"data.face_dirs={json.dumps(FACE_DIRS)}")
     return out
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """Tiny configs set torch to one thread; give the rest of the session its setting back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_scalars(run_dir: Path) -> list[dict[str, float]]:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO
+from helpers import DATA, REPO
 from PIL import Image
 from test_training import data_overrides, needs_data
 
@@ -23,6 +23,8 @@ from stage2_mapping.training import (
 
 TINY = REPO / "scripts" / "configs" / "tiny"
 SHORT = ["train.total_steps=3", "train.decay_steps=1", "train.sample_every=0"]
+
+pytestmark = pytest.mark.usefixtures("restore_torch_state")
 
 
 def _train(config_cls, build, config: str, out: Path, *overrides: str) -> Path:
@@ -86,12 +88,3 @@ def test_trained_components_restore_photos(tmp_path: Path) -> None:
         assert main([*args, *flags]) == 0
         with Image.open(out / "bopbtl_scratch_b.png") as restored, Image.open(photo) as original:
             assert restored.size == original.size
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 from PIL import Image
 from test_training import ToyTask
 
@@ -39,14 +39,7 @@ from latent_restore.core.training import (
 )
 
 TINY = REPO / "scripts" / "configs" / "tiny"
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """Tiny configs set torch to one thread; give the rest of the session its setting back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_state")
 
 
 @pytest.fixture(autouse=True)

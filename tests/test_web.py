@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 from werkzeug.serving import make_server
 
@@ -36,7 +37,6 @@ from latent_restore.web.app import EXTENSION_KEY, create_app, download_stem, is_
 from latent_restore.web.jobs import LOCK_NAME, WORK_DIR_PREFIX, JobManager, ManagerClosedError
 
 WAIT_S = 60.0
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------- helpers

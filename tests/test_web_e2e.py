@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO
+from helpers import DATA, REPO
 from PIL import Image
 
 try:
