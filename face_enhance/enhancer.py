@@ -134,7 +134,8 @@ class FaceEnhancer:
         rgb = _as_rgb(image)
         size = self.face_size
         faces, matrices = [], []
-        for face in self.detector(rgb):
+        detected = self.detector(rgb)
+        for face in detected:
             matrix = estimate_alignment(face.five_points, size)
             if matrix is None:
                 logger.warning("skipping a face at %s: its landmarks are degenerate", face.box)
@@ -155,7 +156,13 @@ class FaceEnhancer:
 
         enhanced = self.enhance_crops([align_face(rgb, m, size) for m in matrices])
         result = warp_back(rgb, enhanced, matrices, self.config.blend_strength)
-        logger.info("enhanced %d face(s) in a %dx%d photo", len(faces), rgb.shape[1], rgb.shape[0])
+        logger.info(
+            "found %d face(s) in a %dx%d photo, enhanced %d",
+            len(detected),
+            rgb.shape[1],
+            rgb.shape[0],
+            len(faces),
+        )
         return FaceEnhanceResult(result, faces)
 
     def enhance_crops(self, crops: list[np.ndarray]) -> list[np.ndarray]:

@@ -445,14 +445,26 @@ class _Run:
                     finish_pending()
                     if writer is None:
                         self._settle(
-                            relative, result.path, functools.partial(self._write, relative, photo, result)
+                            relative,
+                            self._how(result),
+                            functools.partial(self._write, relative, photo, result),
                         )
                         bar.update(1)
                     else:
                         future = writer.submit(self._write, relative, photo, result)
-                        pending = (relative, result.path, future)
+                        pending = (relative, self._how(result), future)
             finally:
                 finish_pending()
+
+    def _how(self, result: RestorationResult) -> str:
+        """How a photo was restored, for its log line: the global path and, with faces on, the faces."""
+        if not self.options.faces or self.pipeline.face_enhancer is None:
+            return result.path
+        count = len(result.face_boxes)
+        boxes = ", ".join(f"{x0},{y0}-{x1},{y1}" for x0, y0, x1, y1 in result.face_boxes)
+        return f"{result.path}; {count} face{'s' if count != 1 else ''} enhanced" + (
+            f" at {boxes}" if boxes else ""
+        )
 
     def _settle(self, relative: Path, path: str, write: Callable[[], object]) -> None:
         """Count the photo restored once ``write`` (its encode and write) succeeds, else failed."""

@@ -7,6 +7,7 @@ numerical equivalence with the released code is in ``test_face_fixtures.py``.
 from __future__ import annotations
 
 import copy
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -534,3 +535,32 @@ def test_faces_far_larger_than_the_generator_are_left_alone(detector: FaceDetect
     )
     assert len(enhanced.faces) == 1
     assert np.abs(enhanced.image.astype(int) - image).max() > 50
+
+
+def test_run_logs_the_faces_it_found_and_enhanced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The built-in global stage keeps the face recognisable; a tiny face model is added to its weights."""
+    import shutil
+
+    from latent_restore.cli import main
+    from latent_restore.core.checkpoint import save_component
+    from latent_restore.weights import default_weights_dir
+
+    weights = tmp_path / "weights"
+    shutil.copytree(default_weights_dir(), weights)
+    shutil.rmtree(weights / "face_256", ignore_errors=True)
+    save_component(_tiny_generator(64), weights / "face_256")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_photo("kair_real_faces/face_03.png")).resize((120, 117)).save(photos / "portrait.png")
+    Image.fromarray(np.full((64, 80, 3), 120, np.uint8)).save(photos / "wall.png")
+    with caplog.at_level(logging.INFO):
+        code = main(
+            ["run", "--input", str(photos), "--output", str(tmp_path / "out"), "--weights", str(weights)]
+        )
+    assert code == 0
+    lines = {
+        r.getMessage().split(" ->")[0]: r.getMessage() for r in caplog.records if " -> " in r.getMessage()
+    }
+    assert "1 face enhanced at" in lines["portrait.png"]
+    assert "0 faces enhanced" in lines["wall.png"]
+    assert any("found 1 face(s)" in r.getMessage() for r in caplog.records)
