@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, REPO
+from helpers import CLEAN_DIRS, DATA, REPO, needs_data, run_script
 from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
@@ -30,25 +27,11 @@ from latent_restore.pipeline import ComponentStore, RestorationOptions, Restorat
 from latent_restore.weights import Component, default_weights_dir
 
 TINY = ColorizerConfig(base_channels=4, max_channels=16, depth=3)
-CLEAN_DIRS = [str(DATA / "clean" / "Set14"), str(DATA / "clean" / "Set5")]
-needs_data = pytest.mark.skipif(not (DATA / "clean" / "Set14").is_dir(), reason="shared sample data missing")
 L_ROUNDING = 1.0
 """Allowed change of CIE L from 8-bit rounding of a colour (each channel off by <= 0.5 levels)."""
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads_and_logging() -> Iterator[None]:
-    """Training entry points set torch's threads and the root logger; give them back afterwards."""
-    threads = torch.get_num_threads()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    torch.set_num_threads(threads)
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_torch_state")
 
 
 def vivid_colorizer(seed: int = 0) -> Colorizer:
@@ -80,15 +63,6 @@ def gray_photo(height: int = 40, width: int = 52) -> np.ndarray:
     gray = 40 + 160 * x / (width - 1) + 30 * np.sin(y / 5)
     gray[(y - height / 2) ** 2 + (x - width / 3) ** 2 < (height / 4) ** 2] -= 30
     return np.clip(gray, 0, 255).astype(np.uint8)
-
-
-def run_script(name: str, argv: list[str]) -> int:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        module = __import__(name)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return module.main(argv)
 
 
 # --- Lab -----------------------------------------------------------------------------------------

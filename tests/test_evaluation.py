@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import DATA, needs_shared
+from helpers import DATA, needs_shared
 
 from latent_restore.cli import main
 from latent_restore.core.splits import is_held_out, split

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DATA
+from helpers import DATA
 from PIL import Image
 from skimage.transform import SimilarityTransform, warp
 from torch import nn

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, needs_shared
+from helpers import DATA, needs_shared
 
 from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
 from latent_restore.cli import main

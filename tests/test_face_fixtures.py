@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir, fixture_entries, fixture_index
+from helpers import fixture_dir, fixture_entries, fixture_index
 from PIL import Image
 from tolerances import assert_bounded_close, assert_exact, assert_geometry_close, assert_uint8_close
 
