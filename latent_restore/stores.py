@@ -59,6 +59,12 @@ class ComponentStore:
         return self._loaded[component]
 
 
+MAX_FACE_UPSCALE = 2.0
+"""Faces more than this many photo pixels per generator pixel are left alone (the ``official``
+preset enhances every face, as the released scripts do); see
+:attr:`face_enhance.enhancer.FaceEnhancerConfig.max_upscale`."""
+
+
 class FaceStage:
     """Face enhancement over a component store, built on first use.
 
@@ -94,7 +100,8 @@ class FaceStage:
         if key not in self._enhancers:
             detector = OFFICIAL_DETECTOR if official_detector else DetectorConfig()
             batch = 1 if component is Component.FACE_512 else 4
-            config = FaceEnhancerConfig(detector=detector, batch_size=batch)
+            upscale = None if official_detector else MAX_FACE_UPSCALE
+            config = FaceEnhancerConfig(detector=detector, batch_size=batch, max_upscale=upscale)
             self._enhancers[key] = FaceEnhancer(self.store.get(component), config)
         result = self._enhancers[key](image)
         return result.image, [tuple(int(v) for v in box) for box in result.boxes]
