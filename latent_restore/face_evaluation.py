@@ -4,7 +4,8 @@ Faces are found and aligned in each photo exactly as the pipeline does before it
 (our detector, the released 5-point template, the generator's ``load_size``), so the score is that
 of the crops the face stage really sees. Each aligned clean face is degraded with the face part of
 the synthetic mix (:func:`face_enhance.data.face_degradation`, seeded from ``(seed, index)``), then
-restored by the face generator alone and by the classical baselines. Besides PSNR and SSIM against
+restored by the face stage alone (the generator, then the colour matching to the crop it replaces
+that the pipeline's warp-back applies) and by the classical baselines. Besides PSNR and SSIM against
 the clean face, a sharpness ratio (mean gradient magnitude of the result over the clean face's, 1.0
 = as sharp as the original) shows whether a method restores detail or only smooths: it needs no
 identity model, and a smoothing filter scores well below 1.
@@ -138,6 +139,7 @@ def evaluate_faces(
     Returns:
         The content of ``results.json`` (``methods`` -> name -> ``psnr``, ``ssim``, ``sharpness``).
     """
+    from face_enhance.blending import match_histograms
     from face_enhance.enhancer import FaceEnhancer
 
     enhancer = FaceEnhancer(generator)
@@ -145,7 +147,7 @@ def evaluate_faces(
     cases, missed = build_face_cases(protocol, enhancer.detector)
     restorers: dict[str, Callable[[FaceCase], np.ndarray]] = {
         "input": lambda c: c.degraded,
-        "latent-restore": lambda c: enhancer.enhance_crops([c.degraded])[0],
+        "latent-restore": lambda c: match_histograms(enhancer.enhance_crops([c.degraded])[0], c.degraded),
         "nlmeans": lambda c: nlmeans(c.degraded),
         "nlmeans+levels": lambda c: auto_levels(nlmeans(c.degraded)),
     }
