@@ -29,9 +29,10 @@ from latent_restore.core.checkpoint import load_component
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.data import CleanImageDataset
-from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
-from latent_restore.core.losses import GanMode, gan_loss
-from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
+from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
+from latent_restore.core.losses import GanMode
+from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
+from latent_restore.core.training.gan import GanLossWeights, conditional_gan_step
 
 logger = logging.getLogger(__name__)
 
@@ -157,24 +158,11 @@ class ColorizeTask(TrainTask):
         with torch.no_grad():
             lightness, ab = split_lab(batch["image"])
         fake = ctx.models["generator"](lightness)
-        l1 = (fake.float() - ab).abs().mean()
-        terms = {"g/l1": l1 * loss.l1_weight}
-        logs: dict[str, torch.Tensor] = {}
-        if self.adversarial:
-            n = lightness.shape[0]
-            pairs = torch.cat([torch.cat([lightness, ab], 1), torch.cat([lightness, fake.detach()], 1)])
-            real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
-            loss_d = 0.5 * (
-                gan_loss(real_out, True, loss.gan_mode) + gan_loss(fake_out, False, loss.gan_mode)
-            )
-            ctx.backward(loss_d)
-            with frozen(self.models["discriminator"]):
-                verdict = self.models["discriminator"](torch.cat([lightness, fake], 1))
-                terms["g/gan"] = gan_loss(verdict, True, loss.gan_mode) * loss.gan_weight
-            logs["d/gan"] = loss_d
-        total = torch.stack(list(terms.values())).sum()
-        ctx.backward(total)
-        return {**logs, **terms, "g/total": total, "metric/ab_l1": l1}
+        weights = GanLossWeights(
+            gan=loss.gan_weight if self.adversarial else 0.0, l1=loss.l1_weight, mode=loss.gan_mode
+        )
+        result = conditional_gan_step(ctx, self.models.get("discriminator"), lightness, ab, fake, weights)
+        return result.logs(d_key="d/gan", metric_key="metric/ab_l1")
 
     def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         image = batch["image"][:4]

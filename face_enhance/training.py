@@ -28,9 +28,10 @@ from face_enhance.generator import (
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
 from latent_restore.core.degradations import DegradationConfig
-from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator, split_batch
-from latent_restore.core.losses import build_vgg_loss, discriminator_loss, feature_matching_loss, lsgan_loss
-from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam, frozen
+from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
+from latent_restore.core.losses import build_vgg_loss
+from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
+from latent_restore.core.training.gan import GanLossWeights, conditional_gan_step
 
 
 @dataclasses.dataclass
@@ -132,31 +133,18 @@ class FaceTask(TrainTask):
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = self.config.loss
         degraded, clean = batch["degraded"], batch["clean"]
-        n = degraded.shape[0]
         fake = ctx.models["generator"](degraded)
-
-        pairs = torch.cat([torch.cat([degraded, clean], 1), torch.cat([degraded, fake.detach()], 1)])
-        real_out, fake_out = split_batch(ctx.models["discriminator"](pairs), [n, n])
-        loss_d = discriminator_loss(real_out, fake_out)
-        ctx.backward(loss_d)
-
-        discriminator = self.models["discriminator"]
-        with frozen(discriminator):
-            fake_features = discriminator(torch.cat([degraded, fake], 1))
-            terms = {
-                "g/gan": lsgan_loss(fake_features, True) * loss.gan_weight,
-                "g/feat": feature_matching_loss(
-                    fake_features, real_out, loss.feat_weight, self.config.discriminator.num_layers
-                ),
-            }
-        l1 = (fake.float() - clean.float()).abs().mean()
-        if loss.l1_weight:
-            terms["g/l1"] = l1 * loss.l1_weight
-        if self.vgg is not None:
-            terms["g/vgg"] = self.vgg(fake, clean) * loss.vgg_weight
-        loss_g = torch.stack(list(terms.values())).sum()
-        ctx.backward(loss_g)
-        return {"d/image": loss_d, **terms, "g/total": loss_g, "metric/image_l1": l1}
+        weights = GanLossWeights(
+            gan=loss.gan_weight,
+            feature_matching=loss.feat_weight,
+            l1=loss.l1_weight or None,
+            vgg=loss.vgg_weight,
+            num_layers=self.config.discriminator.num_layers,
+        )
+        result = conditional_gan_step(
+            ctx, self.models["discriminator"], degraded, clean, fake, weights, vgg=self.vgg
+        )
+        return result.logs()
 
     def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         degraded, clean = batch["degraded"][:4], batch["clean"][:4]
