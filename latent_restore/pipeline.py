@@ -90,8 +90,7 @@ __all__ = [
     "pix2pix_method",
     "resolve_device",
 ]
-"""Re-exported from :mod:`.options`, :mod:`.planning`, :mod:`.stores` and :mod:`.devices`, where they
-live, so ``from latent_restore.pipeline import RestorationOptions`` keeps working."""
+"""Re-exported from where they live (:mod:`.options`, :mod:`.planning`, :mod:`.stores`, :mod:`.devices`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +283,7 @@ class RestorationPipeline:
         vae_a = self.components.get(Component.VAE_A)
         net = self.components.get(mapping)
         vae_b = self.components.get(decoder)
-        multiple = self._latent_multiple()
+        multiple = vae_a.config.multiple  # asked of the encoder: 2 ** num_downsamples
         padded, size = pad_to_multiple(x, multiple, minimum=MIN_NETWORK_SIDE)
         padded_mask = None if mask is None else pad_to_multiple(mask, multiple, minimum=MIN_NETWORK_SIDE)[0]
         with torch.inference_mode():
@@ -298,10 +297,6 @@ class RestorationPipeline:
                 f"{decoder.value} do not fit together"
             )
         return crop_to(out.to(torch.float32).cpu(), size)
-
-    def _latent_multiple(self) -> int:
-        """The side multiple the global stage needs, asked of the encoder (``2 ** num_downsamples``)."""
-        return self.components.get(Component.VAE_A).config.multiple
 
     @staticmethod
     def _global_components(with_scratch: bool, hr: bool) -> tuple[Component, Component]:
@@ -326,6 +321,16 @@ class RestorationPipeline:
             self._conv_macs[key] = macs / PROBE_SIDE**2
         return self._conv_macs[key]
 
+    def network_shape(self, mapping: Component) -> NetworkShape:
+        """What the memory planner needs of the path through ``mapping``, asked of the loaded configs."""
+        encoder = self.components.get(Component.VAE_A).config
+        return NetworkShape(
+            latent_width=self.components.get(mapping).config.widths()[-1],
+            multiple=encoder.multiple,
+            image_width=encoder.stage_channels()[0],
+            attention=mapping is Component.MAPPING_SCRATCH,
+        )
+
     def _plan(
         self,
         height: int,
@@ -335,13 +340,7 @@ class RestorationPipeline:
         context: ScratchContext = ScratchContext.TILED,
     ) -> tuple[str, int | None]:
         """:func:`latent_restore.planning.plan_global` for this path, with the loaded networks' sizes."""
-        encoder = self.components.get(Component.VAE_A).config
-        shape = NetworkShape(
-            latent_width=self.components.get(mapping).config.widths()[-1],
-            multiple=encoder.multiple,
-            image_width=encoder.stage_channels()[0],
-            attention=mapping is Component.MAPPING_SCRATCH,
-        )
+        shape = self.network_shape(mapping)
         budget = (
             self.memory_limit if self.memory_limit is not None else int(available_memory(self.device) * 0.8)
         )
