@@ -39,11 +39,17 @@ def full_mode_size(width: int, height: int, multiple: int = QUALITY_MULTIPLE) ->
 
 def scale_mode_size(width: int, height: int, short_side: int = 256) -> tuple[int, int]:
     """``test_mode Scale``: short side to 256, long side proportional, both rounded to multiples of 4."""
+    return _short_side_to(width, height, short_side, QUALITY_MULTIPLE)
+
+
+def _short_side_to(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """``(width, height)`` with the short side at ``short_side``, the long one proportional, both
+    rounded to ``multiple`` (the rule both released resizes use)."""
     if width < height:
         w, h = short_side, height / width * short_side
     else:
         w, h = width / height * short_side, short_side
-    return round_to_multiple(w, QUALITY_MULTIPLE), round_to_multiple(h, QUALITY_MULTIPLE)
+    return round_to_multiple(w, multiple), round_to_multiple(h, multiple)
 
 
 def resize_full_mode(image: Image.Image) -> Image.Image:
@@ -60,11 +66,8 @@ def detection_full_size(image: Image.Image) -> Image.Image:
 
 def detection_network_size(height: int, width: int) -> tuple[int, int]:
     """Size the detector always runs at: short side 256, long side rounded to a multiple of 16."""
-    if height < width:
-        h, w = DETECTION_SHORT_SIDE, width / height * DETECTION_SHORT_SIDE
-    else:
-        h, w = height / width * DETECTION_SHORT_SIDE, DETECTION_SHORT_SIDE
-    return round_to_multiple(h, DETECTION_MULTIPLE), round_to_multiple(w, DETECTION_MULTIPLE)
+    w, h = _short_side_to(width, height, DETECTION_SHORT_SIDE, DETECTION_MULTIPLE)
+    return h, w
 
 
 def minmax_uint8(tensor: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,7 @@ from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
 from latent_restore.core.training.gan import GanLossWeights, conditional_gan_step
-from stage2_mapping.data import MappingPairDataset, ScratchDetectionDataset
+from stage2_mapping.data import ScratchDetectionDataset
 from stage2_mapping.losses import latent_l1_loss, mask_iou, scratch_detection_loss
 from stage2_mapping.mapping import (
     MappingConfig,
@@ -226,17 +226,8 @@ class MappingTask(TrainTask):
 
     def dataset(self) -> Dataset:
         data = self.config.data
-        return MappingPairDataset(
-            data.clean_dirs,
-            data.crop_size,
-            data.degradation,
-            self.config.train.seed,
-            data.length,
-            with_scratches=self.with_scratches,
-            no_defect_prob=data.no_defect_prob,
-            grayscale_prob=data.grayscale_prob,
-            cache=data.cache,
-            exclude_held_out=data.exclude_held_out,
+        return data.build(
+            self.config.train.seed, with_scratches=self.with_scratches, no_defect_prob=data.no_defect_prob
         )
 
     def _map(

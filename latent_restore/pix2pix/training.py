@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError
-from latent_restore.core.data import PairedDataConfig, PairedDegradationDataset
+from latent_restore.core.data import PairedDataConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
 from latent_restore.core.losses import GanMode
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
@@ -83,20 +83,7 @@ class Pix2PixTask(TrainTask):
         self.optimizers = {name: adam(m.parameters(), config.optim) for name, m in self.models.items()}
 
     def dataset(self) -> Dataset:
-        data = self.config.data
-        return PairedDegradationDataset(
-            data.clean_dirs,
-            data.crop_size,
-            data.degradation,
-            self.config.train.seed,
-            data.length,
-            with_scratches=data.with_scratches,
-            no_defect_prob=None,
-            grayscale_prob=data.grayscale_prob,
-            cache=data.cache,
-            exclude_held_out=data.exclude_held_out,
-            with_mask=False,
-        )
+        return self.config.data.build(self.config.train.seed, with_mask=False)
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = self.config.loss

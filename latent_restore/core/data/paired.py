@@ -57,6 +57,37 @@ class PairedDataConfig(ImageDataConfig):
     with_scratches: bool = False
     grayscale_prob: float = 0.1
 
+    def build(
+        self,
+        seed: int,
+        *,
+        with_scratches: bool | None = None,
+        no_defect_prob: float | None = None,
+        with_mask: bool = True,
+    ) -> PairedDegradationDataset:
+        """The data set these settings describe, for the run's ``seed``.
+
+        Args:
+            seed: the training seed (samples depend on it, the epoch and the index only).
+            with_scratches: overrides the field where the task decides (``None``: the field).
+            no_defect_prob: see :class:`PairedDegradationDataset` (``None``: every scratched
+                sample has defects).
+            with_mask: include the defect mask in the items.
+        """
+        return PairedDegradationDataset(
+            self.clean_dirs,
+            self.crop_size,
+            self.degradation,
+            seed,
+            self.length,
+            with_scratches=self.with_scratches if with_scratches is None else with_scratches,
+            no_defect_prob=no_defect_prob,
+            grayscale_prob=self.grayscale_prob,
+            cache=self.cache,
+            exclude_held_out=self.exclude_held_out,
+            with_mask=with_mask,
+        )
+
 
 class PairedDegradationDataset(PooledDataset):
     """Paired (degraded, clean) crops, optionally with structured defects and their exact mask.
