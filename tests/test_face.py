@@ -564,3 +564,23 @@ def test_run_logs_the_faces_it_found_and_enhanced(tmp_path: Path, caplog: pytest
     assert "1 face enhanced at" in lines["portrait.png"]
     assert "0 faces enhanced" in lines["wall.png"]
     assert any("found 1 face(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_residual_generator_starts_as_identity_and_every_parameter_learns() -> None:
+    config = FaceGeneratorConfig(
+        load_size=32, base_channels=4, spade_hidden_channels=4, num_upsamples=3, residual=True
+    )
+    generator = FaceGenerator(config)
+    face = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(generator(face), face, rtol=0, atol=0)
+    assert generator(F.interpolate(face, size=(48, 40))).shape == face.shape
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2)
+    target = face.flip(-1)
+    for _ in range(2):  # the zero output layer learns first, then the rest receives gradients
+        optimizer.zero_grad()
+        (generator(face) - target).abs().mean().backward()
+        optimizer.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
+    assert not torch.equal(generator(face), face)
+    with pytest.raises(ValueError, match="residual"):
+        FaceGenerator(FaceGeneratorConfig(load_size=32, out_channels=1, num_upsamples=3, residual=True))
