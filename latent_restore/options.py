@@ -41,6 +41,29 @@ class RestorationModel(str, enum.Enum):
     PIX2PIX = "pix2pix"
 
 
+class Stage(str, enum.Enum):
+    """The stages a restoration reports as it enters them, in order; the values are what progress shows."""
+
+    SCRATCH_DETECTION = "scratch detection"
+    GLOBAL = "global restoration"
+    FACES = "faces"
+    COLORIZATION = "colorization"
+
+
+def planned_stages(options: RestorationOptions, faces_available: bool) -> list[Stage]:
+    """The stages the pipeline will report for ``options`` (faces only where an enhancer is loaded).
+
+    The pipeline, its ``official`` preset and the web page's progress all follow this one list.
+    """
+    stages = [Stage.SCRATCH_DETECTION] if options.with_scratch else []
+    stages.append(Stage.GLOBAL)
+    if options.faces and faces_available:
+        stages.append(Stage.FACES)
+    if options.colorize:
+        stages.append(Stage.COLORIZATION)
+    return stages
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """No usable weights; the message says how to get some."""
 

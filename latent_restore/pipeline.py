@@ -47,6 +47,7 @@ from latent_restore.options import (
     RestorationOptions,
     RestorationResult,
     ScratchContext,
+    Stage,
     WeightsNotFoundError,
     check_finite_output,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "RestorationPipeline",
     "RestorationResult",
     "ScratchContext",
+    "Stage",
     "WeightsNotFoundError",
     "bf16_supported",
     "default_max_pixels",
@@ -267,10 +269,10 @@ class RestorationPipeline:
         choose = getattr(self.face_enhancer, "component", None)
         return choose(options.resolved_face_size()) if choose else None
 
-    def stage(self, name: str) -> None:
-        """Report that stage ``name`` starts (to :attr:`stage_callback`: progress, cancellation)."""
+    def stage(self, stage: Stage) -> None:
+        """Report that ``stage`` starts (its name to :attr:`stage_callback`: progress, cancellation)."""
         if self.stage_callback is not None:
-            self.stage_callback(name)
+            self.stage_callback(stage.value)
 
     def global_forward(
         self, mapping: Component, decoder: Component, x: torch.Tensor, mask: torch.Tensor | None
@@ -447,11 +449,11 @@ class RestorationPipeline:
         tone = MonochromeTone.fit(photo.rgb) if options.keep_monochrome else None
         mask = None
         if options.with_scratch:
-            self.stage("scratch detection")
+            self.stage(Stage.SCRATCH_DETECTION)
             mask = self.detect_scratches(photo.rgb)
             if options.return_stages:
                 stages["scratch_mask"] = mask.astype(np.uint8) * 255
-        self.stage("global restoration")
+        self.stage(Stage.GLOBAL)
         if options.model is RestorationModel.PIX2PIX:
             restored, path = self.restore_pix2pix(photo.rgb)
         else:
@@ -468,7 +470,7 @@ class RestorationPipeline:
             stages["global"] = quantize(restored)
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
-            self.stage("faces")
+            self.stage(Stage.FACES)
             enhanced, boxes = self.face_enhancer(quantize(restored), size=options.resolved_face_size())
             if boxes:
                 restored = enhanced.astype(np.float32) / 255.0
@@ -478,7 +480,7 @@ class RestorationPipeline:
                 stages["faces"] = quantize(restored)
         if options.colorize:
             # Last, and after the monochrome tone was re-applied: nothing turns the colours back to gray.
-            self.stage("colorization")
+            self.stage(Stage.COLORIZATION)
             restored = self.colorize(restored)
             check_finite_output(restored, "colorization")
             if options.return_stages:

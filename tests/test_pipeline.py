@@ -10,6 +10,7 @@ from latent_restore.core.colour import MonochromeTone
 from latent_restore.core.components import Component
 from latent_restore.core.imaging import photo_from_array
 from latent_restore.core.tiling import run_tiled, tile_starts
+from latent_restore.options import planned_stages
 from latent_restore.pipeline import (
     Preset,
     RestorationOptions,
@@ -195,3 +196,22 @@ def test_scratch_plan_bounds_the_attention_work(tiny_weights) -> None:
     tiled = pipe(photo, RestorationOptions(with_scratch=True))
     whole = pipe(photo, RestorationOptions(with_scratch=True, scratch_context="global"))
     assert tiled.image.shape == whole.image.shape
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        RestorationOptions(),
+        RestorationOptions(with_scratch=True),
+        RestorationOptions(preset=Preset.OFFICIAL),
+        RestorationOptions(with_scratch=True, preset=Preset.OFFICIAL),
+    ],
+    ids=["quality", "scratch", "official", "official-scratch"],
+)
+def test_reported_stages_are_the_planned_ones(tiny_weights, options: RestorationOptions) -> None:
+    """The web page's progress follows planned_stages: the pipeline must report exactly those."""
+    with_faces = RestorationPipeline.from_pretrained(tiny_weights, device="cpu")
+    reported: list[str] = []
+    with_faces.stage_callback = reported.append
+    with_faces(_photo(40, 56), options)
+    assert reported == [s.value for s in planned_stages(options, faces_available=True)]

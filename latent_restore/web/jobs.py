@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from latent_restore.core.imaging import ImageReadError, PixelLimitError, encode_png, read_photo
+from latent_restore.options import planned_stages
 from latent_restore.pipeline import RestorationOptions, RestorationResult
 from latent_restore.web.workdir import (
     LOCK_NAME,
@@ -143,17 +144,6 @@ class Job:
         return [p for p in (self.upload, self.original, self.result) if p is not None]
 
 
-def _progress_stages(options: RestorationOptions, has_faces: bool) -> list[str]:
-    """Stage names the pipeline will report for ``options``, then our own encoding step."""
-    stages = ["scratch detection"] if options.with_scratch else []
-    stages.append("global restoration")
-    if options.faces and has_faces:
-        stages.append("faces")
-    if options.colorize:
-        stages.append("colorization")
-    return [*stages, "saving"]
-
-
 class JobManager:
     """Queue of restoration jobs served by one worker thread.
 
@@ -248,6 +238,7 @@ class JobManager:
             width, height = self._validate(upload)
             with self._cond:
                 self._check_room()
+                progress = [s.value for s in planned_stages(options, self.pipeline.face_enhancer is not None)]
                 job = Job(
                     id=secrets.token_urlsafe(16),
                     options=options,
@@ -256,7 +247,7 @@ class JobManager:
                     height=height,
                     upload=upload,
                     created=self.clock(),
-                    stages=_progress_stages(options, self.pipeline.face_enhancer is not None),
+                    stages=[*progress, "saving"],
                     notes=notes,
                 )
                 self._jobs[job.id] = job
