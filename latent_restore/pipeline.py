@@ -409,7 +409,7 @@ class RestorationPipeline:
 
     def colorize(self, rgb: np.ndarray) -> np.ndarray:
         """Colorize float RGB ``H x W x 3`` in [0, 1]: its CIE L is kept, the chroma predicted."""
-        from colorize.inference import colorize
+        from latent_restore.colorize.inference import colorize
 
         return colorize(self.components.get(Component.COLORIZE), rgb)
 

@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from colorize.calibration import calibrate, with_chroma_scale
-from colorize.network import Colorizer
+from latent_restore.colorize.calibration import calibrate, with_chroma_scale
+from latent_restore.colorize.network import Colorizer
 from latent_restore.core.checkpoint import load_component, save_component
 from latent_restore.core.data import center_square_resize, list_images, load_rgb
 

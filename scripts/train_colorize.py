@@ -13,7 +13,7 @@ import sys
 
 import training_args
 
-from colorize.training import ColorizePhase, ColorizeTrainingConfig, build_colorize_task
+from latent_restore.colorize.training import ColorizePhase, ColorizeTrainingConfig, build_colorize_task
 
 
 def main(argv: list[str] | None = None) -> int:

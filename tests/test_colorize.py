@@ -14,11 +14,11 @@ from helpers import CLEAN_DIRS, DATA, REPO, needs_data, run_script
 from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from colorize import Colorizer, ColorizerConfig, colorize
-from colorize.calibration import calibrate, with_chroma_scale
-from colorize.lab import fit_chroma_to_gamut, lab_to_linear_rgb, lab_to_rgb, rgb_to_lab
-from colorize.training import ColorizeTrainingConfig, build_colorize_task
 from latent_restore.cli import main
+from latent_restore.colorize import Colorizer, ColorizerConfig, colorize
+from latent_restore.colorize.calibration import calibrate, with_chroma_scale
+from latent_restore.colorize.lab import fit_chroma_to_gamut, lab_to_linear_rgb, lab_to_rgb, rgb_to_lab
+from latent_restore.colorize.training import ColorizeTrainingConfig, build_colorize_task
 from latent_restore.core.checkpoint import load_component, save_component
 from latent_restore.core.config import load_config
 from latent_restore.core.data import center_square_resize, list_images, load_rgb, to_grayscale

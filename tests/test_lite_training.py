@@ -198,8 +198,8 @@ def test_default_recipe_is_unchanged() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in LITE.glob("*.yaml")))
 def test_lite_configs_resolve_and_exclude_held_out(name: str) -> None:
-    from colorize.training import ColorizeTrainingConfig
     from face_enhance.training import FaceTrainingConfig
+    from latent_restore.colorize.training import ColorizeTrainingConfig
     from latent_restore.pix2pix.training import Pix2PixTrainingConfig
 
     classes = {

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import latent_restore.weights  # noqa: F401  (registers every architecture)
-from colorize.network import Colorizer, ColorizerConfig
 from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
+from latent_restore.colorize.network import Colorizer, ColorizerConfig
 from latent_restore.core.checkpoint import _ARCHITECTURES, load_component, save_component
 from latent_restore.core.unet import UNetConfig
 from latent_restore.pix2pix import Pix2PixGenerator

@@ -171,7 +171,7 @@ def test_entry_point_reports_config_errors(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FULL.glob("*.yaml")))
 def test_full_configs_resolve(name: str) -> None:
-    from colorize.training import ColorizeTrainingConfig
+    from latent_restore.colorize.training import ColorizeTrainingConfig
     from latent_restore.pix2pix.training import Pix2PixTrainingConfig
 
     cls = {

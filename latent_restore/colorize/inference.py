@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from colorize.lab import (
+from latent_restore.colorize.lab import (
     denormalize_ab,
     fit_chroma_to_gamut,
     lab_to_linear_rgb,
@@ -18,13 +18,13 @@ from latent_restore.core.imaging import crop_to, pad_to_multiple
 
 
 def colorize(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """Colorize ``image`` with a :class:`~colorize.network.Colorizer`.
+    """Colorize ``image`` with a :class:`~latent_restore.colorize.network.Colorizer`.
 
     The photo's CIE L channel is computed (in float64), the network predicts ``ab`` from it (padded
     to its multiple, cropped back), the chroma is shrunk where needed to stay inside the sRGB gamut
-    (:func:`colorize.lab.fit_chroma_to_gamut`), and the photo's own L is recombined with it. The L
-    channel of the result therefore equals the input's, up to float rounding (and 8-bit rounding
-    for uint8 images). Any existing chroma of the input is replaced.
+    (:func:`latent_restore.colorize.lab.fit_chroma_to_gamut`), and the photo's own L is recombined
+    with it. The L channel of the result therefore equals the input's, up to float rounding (and
+    8-bit rounding for uint8 images). Any existing chroma of the input is replaced.
 
     Args:
         model: the colorizer, in eval mode, on any device.

@@ -8,7 +8,7 @@ sees L beside real or predicted ab, which rewards vivid, locally plausible colou
 first keeps the adversarial phase from starting off a random generator, where it is unstable.
 
 Data: clean colour photos (no grayscale augmentation: a gray target would teach the network to
-predict no colour), converted to Lab on the device (:mod:`colorize.lab`).
+predict no colour), converted to Lab on the device (:mod:`latent_restore.colorize.lab`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from colorize.lab import denormalize_ab, lab_to_rgb, normalize_ab, normalize_lightness, rgb_to_lab
-from colorize.network import Colorizer, ColorizerConfig
+from latent_restore.colorize.lab import (
+    denormalize_ab,
+    lab_to_rgb,
+    normalize_ab,
+    normalize_lightness,
+    rgb_to_lab,
+)
+from latent_restore.colorize.network import Colorizer, ColorizerConfig
 from latent_restore.core.checkpoint import load_component
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError

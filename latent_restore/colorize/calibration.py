@@ -4,7 +4,8 @@ CIEDE2000 punishes a wrong hue more than a missing colour, so a regression that 
 but unsure of each object's hue can score worse than leaving the photo gray. Scaling the predicted
 chroma by ``s`` in [0, 1] moves between the two: ``s = 0`` is the gray photo, ``s = 1`` the raw
 prediction. The best ``s`` on a calibration set the network never saw (a shrinkage estimate) is
-stored in :attr:`~colorize.network.ColorizerConfig.chroma_scale`, so it travels with the weights.
+stored in :attr:`~latent_restore.colorize.network.ColorizerConfig.chroma_scale`, so it travels
+with the weights.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections.abc import Iterable
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from colorize.inference import chroma_to_rgb, lightness_of, predict_ab
-from colorize.network import Colorizer
+from latent_restore.colorize.inference import chroma_to_rgb, lightness_of, predict_ab
+from latent_restore.colorize.network import Colorizer
 from latent_restore.core.data import to_grayscale
 
 SCALES = tuple(round(0.1 * k, 1) for k in range(0, 13))

@@ -1,6 +1,6 @@
 """Optional colorization stage: a U-Net predicting Lab chroma from lightness (Zhang et al. 2016)."""
 
-from colorize.inference import colorize
-from colorize.network import Colorizer, ColorizerConfig
+from latent_restore.colorize.inference import colorize
+from latent_restore.colorize.network import Colorizer, ColorizerConfig
 
 __all__ = ["Colorizer", "ColorizerConfig", "colorize"]

@@ -41,9 +41,10 @@ class ColorizerConfig(UNetConfig):
 
 @register_architecture("colorizer", ColorizerConfig)
 class Colorizer(UNetGenerator):
-    """U-Net ``N x 1 x H x W`` normalised L -> ``N x 2 x H x W`` normalised ab (see :mod:`colorize.lab`).
+    """U-Net ``N x 1 x H x W`` normalised L -> ``N x 2 x H x W`` normalised ab.
 
-    ``H`` and ``W`` must be multiples of ``2**depth``; :func:`colorize.inference.colorize` pads.
+    The normalisation is :mod:`latent_restore.colorize.lab`'s. ``H`` and ``W`` must be multiples of
+    ``2**depth``; :func:`latent_restore.colorize.inference.colorize` pads.
 
     Args:
         config: :class:`ColorizerConfig`.
