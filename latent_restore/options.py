@@ -1,6 +1,7 @@
 """What a restoration is asked to do and what it returns: the typed values the pipeline, the CLI,
 the web jobs and the batch runner share (presets, scratch context, precision, model, options,
-results) and the errors they report.
+results) and the errors they report. Precision and the device error are the core's
+(:mod:`latent_restore.core.device`), shared with training.
 """
 
 from __future__ import annotations
@@ -27,11 +28,6 @@ class ScratchContext(str, enum.Enum):
 
     TILED = "tiled"
     GLOBAL = "global"
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    BF16 = "bf16"
 
 
 class RestorationModel(str, enum.Enum):
@@ -70,10 +66,6 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class IncompatibleWeightsError(ValueError):
     """Components of one weights set that cannot work together (latent channels, downsampling)."""
-
-
-class DeviceNotAvailableError(ValueError):
-    """The asked-for device does not exist on this machine."""
 
 
 @dataclass

@@ -31,17 +31,21 @@ from PIL import Image
 
 from latent_restore import official
 from latent_restore.core.colour import MonochromeTone, luma
+from latent_restore.core.device import (
+    INFERENCE_PRECISIONS,
+    DeviceNotAvailableError,
+    Precision,
+    resolve_device,
+)
 from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize
 from latent_restore.core.memory import available_memory
 from latent_restore.core.tiling import run_tiled
-from latent_restore.devices import bf16_supported, resolve_device
+from latent_restore.devices import bf16_supported
 from latent_restore.official_preset import restore_official
 from latent_restore.options import (
-    DeviceNotAvailableError,
     FaceEnhancerFn,
     IncompatibleWeightsError,
     NonFiniteOutputError,
-    Precision,
     Preset,
     RestorationModel,
     RestorationOptions,
@@ -92,7 +96,8 @@ __all__ = [
     "pix2pix_method",
     "resolve_device",
 ]
-"""Re-exported from where they live (:mod:`.options`, :mod:`.planning`, :mod:`.stores`, :mod:`.devices`)."""
+"""Re-exported from where they live (:mod:`.options`, :mod:`.planning`, :mod:`.stores`, :mod:`.devices`,
+:mod:`latent_restore.core.device`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +170,12 @@ class RestorationPipeline:
                 "Make one with `latent-restore convert --official DIR --out WEIGHTS` from the authors' "
                 "released checkpoints, or train one with the scripts in scripts/."
             )
+        precision = Precision(precision)
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"{precision.value!r} is not a valid Precision for inference: use fp32 or bf16")
         torch_device = resolve_device(device)
         dtype = torch.float32
-        if Precision(precision) is Precision.BF16:
+        if precision is Precision.BF16:
             if bf16_supported(torch_device):
                 dtype = torch.bfloat16
             else:

@@ -40,6 +40,7 @@ tasks). Everything is re-exported here, so
 
 from __future__ import annotations
 
+from latent_restore.core.device import Precision
 from latent_restore.core.training.checkpoints import (
     CHECKPOINT_VERSION,
     LAST_CHECKPOINT,
@@ -52,10 +53,10 @@ from latent_restore.core.training.checkpoints import (
     read_checkpoint,
     save_atomic,
 )
-from latent_restore.core.training.config import OptimConfig, Precision, TrainConfig, adam, lr_factor
+from latent_restore.core.training.config import OptimConfig, TrainConfig, adam, lr_factor
 from latent_restore.core.training.gan import GanLossWeights, GanStepResult, conditional_gan_step
 from latent_restore.core.training.launch import launch
-from latent_restore.core.training.loop import Trainer, resolve_device
+from latent_restore.core.training.loop import Trainer
 from latent_restore.core.training.run_logging import RunLogger, setup_logging
 from latent_restore.core.training.state import EMA, rng_state, seed_everything, set_rng_state
 from latent_restore.core.training.task import StepContext, TrainTask, frozen, unwrap
@@ -85,7 +86,6 @@ __all__ = [
     "launch",
     "lr_factor",
     "read_checkpoint",
-    "resolve_device",
     "rng_state",
     "save_atomic",
     "seed_everything",

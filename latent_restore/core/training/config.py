@@ -7,29 +7,12 @@ files can be read without importing DDP, tqdm or the run-folder machinery.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any
 
 import torch
 
 from latent_restore.core.config import ConfigError
-
-
-class Precision(str, enum.Enum):
-    """Numeric precision of the forward passes.
-
-    ``bf16`` and ``fp16`` autocast the forward passes (weights and optimiser state stay float32).
-    ``fp64`` runs everything in float64: far too slow for real training, it exists for numerical
-    checks. Float32 rounding noise is amplified by Adam (whose first steps move every weight by
-    about ``lr * sign(grad)``, even where the true gradient is zero, as for a convolution's bias
-    in front of an instance norm); in float64 two runs that differ only in summation order (one
-    process against DDP, say) end a few steps within ~1e-8 of each other.
-    """
-
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
-    FP64 = "fp64"
+from latent_restore.core.device import Precision
 
 
 @dataclasses.dataclass

@@ -14,9 +14,10 @@ import torch
 
 from latent_restore.core import dist
 from latent_restore.core.config import dump_config_yaml, load_config
+from latent_restore.core.device import Precision, resolve_device
 from latent_restore.core.training.checkpoints import check_run_dir, discard_checkpoints
-from latent_restore.core.training.config import Precision, TrainConfig
-from latent_restore.core.training.loop import Trainer, resolve_device
+from latent_restore.core.training.config import TrainConfig
+from latent_restore.core.training.loop import Trainer
 from latent_restore.core.training.state import seed_everything
 from latent_restore.core.training.task import TrainTask
 
@@ -68,7 +69,8 @@ def launch(
     run_dir = Path(out)
     check_run_dir(run_dir, resume, overwrite)
     info = dist.dist_info()
-    device = resolve_device(train_config.device, info.local_rank)
+    # auto never picks MPS for training (see latent_restore.core.device); ``device: mps`` still can.
+    device = resolve_device(train_config.device, info.local_rank, auto_mps=False)
     if train_config.cpu_threads > 0:
         torch.set_num_threads(train_config.cpu_threads)
     info = dist.init_distributed(device)

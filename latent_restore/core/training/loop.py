@@ -26,6 +26,7 @@ from tqdm import tqdm
 from latent_restore.core import dist
 from latent_restore.core.atomic import remove_stale_temporaries
 from latent_restore.core.checkpoint import save_component
+from latent_restore.core.device import Precision
 from latent_restore.core.training.checkpoints import (
     CHECKPOINT_VERSION,
     LAST_CHECKPOINT,
@@ -37,7 +38,7 @@ from latent_restore.core.training.checkpoints import (
     same_path,
     save_atomic,
 )
-from latent_restore.core.training.config import Precision, TrainConfig, lr_factor
+from latent_restore.core.training.config import TrainConfig, lr_factor
 from latent_restore.core.training.run_logging import RunLogger
 from latent_restore.core.training.state import EMA, rng_state, seed_everything, set_rng_state
 from latent_restore.core.training.task import StepContext, TrainTask
@@ -56,16 +57,6 @@ def _to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device, float_dtype) for v in batch)
     return batch
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 class Trainer:
