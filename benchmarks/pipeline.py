@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_restore.core.imaging import read_photo
-from latent_restore.pipeline import RestorationOptions, RestorationPipeline
+from latent_restore.pipeline import Progress, RestorationOptions, RestorationPipeline
 
 try:
     from _weights import write_full_size_weights
@@ -78,10 +78,8 @@ def large_scratched_photo(height: int = 3000, width: int = 4000) -> np.ndarray:
 
 def measure(pipeline: RestorationPipeline, name: str, photo, options: RestorationOptions) -> None:
     meter = StageMeter()
-    pipeline.stage_callback = meter.enter
-    result = pipeline(photo, options)
+    result = pipeline(photo, options, Progress(on_stage=meter.enter))
     meter.close()
-    pipeline.stage_callback = None
     h, w = result.image.shape[:2]
     stages = [s for s in meter.seconds if s not in ("start", "done")]
     detail = ", ".join(f"{s} {meter.seconds[s]:.1f} s / {meter.peak[s] / GIB:.2f} GiB" for s in stages)

@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from latent_restore.core.atomic import remove_stale_temporaries, write_atomic
 from latent_restore.core.imaging import IMAGE_EXTENSIONS, ImageReadError, Photo, encode_png, read_photo
 from latent_restore.core.output_rules import check_inputs_untouched, check_output_dir, is_inside
-from latent_restore.pipeline import RestorationOptions, RestorationPipeline, RestorationResult
+from latent_restore.pipeline import Progress, RestorationOptions, RestorationPipeline, RestorationResult
 
 logger = logging.getLogger(__name__)
 
@@ -430,18 +430,18 @@ class _Run:
                         upcoming = next_needed()
                         continue
                     upcoming = next_needed()  # decoded while the networks run
-                    self.pipeline.stage_callback = lambda stage, name=relative.name: bar.set_postfix_str(
-                        f"{name[-30:]}: {stage}"
+                    progress = Progress(
+                        on_stage=lambda stage, name=relative.name: bar.set_postfix_str(
+                            f"{name[-30:]}: {stage}"
+                        )
                     )
                     try:
-                        result = self.pipeline(photo, self.options)
+                        result = self.pipeline(photo, self.options, progress)
                     except Exception as exc:
                         finish_pending()
                         self._failed(relative, exc)
                         bar.update(1)
                         continue
-                    finally:
-                        self.pipeline.stage_callback = None
                     finish_pending()
                     if writer is None:
                         self._settle(

@@ -15,7 +15,7 @@ from PIL import Image
 
 from latent_restore import official
 from latent_restore.core.imaging import Photo, quantize, to_tensor
-from latent_restore.options import RestorationOptions, RestorationResult, Stage, check_finite_output
+from latent_restore.options import Progress, RestorationOptions, RestorationResult, Stage, check_finite_output
 from latent_restore.weights import Component
 
 if TYPE_CHECKING:
@@ -23,26 +23,30 @@ if TYPE_CHECKING:
 
 
 def restore_official(
-    pipeline: RestorationPipeline, photo: Photo, options: RestorationOptions
+    pipeline: RestorationPipeline, photo: Photo, options: RestorationOptions, progress: Progress
 ) -> RestorationResult:
-    """The released pipeline's pre/post-processing around the same networks (spec §2–§7)."""
+    """The released pipeline's pre/post-processing around the same networks (spec §2–§7).
+
+    ``progress`` is told the same stages as the default preset reports (the global stage is never
+    tiled here, so no tiles).
+    """
     image = Image.fromarray(quantize(photo.rgb))
     stages: dict[str, np.ndarray] = {}
     mask = None
     if options.with_scratch:
-        pipeline.stage(Stage.SCRATCH_DETECTION)
+        progress.stage(Stage.SCRATCH_DETECTION)
         detection = official.detect_scratches(pipeline.components.get(Component.SCRATCH_DETECTOR), image)
         prepared = official.prepare_scratch_input(
             detection.full_size_image, detection.saved_mask[..., 0], hr=options.hr
         )
         mask = prepared.mask[0, 0].numpy() > 0
         mapping = Component.MAPPING_HR if options.hr else Component.MAPPING_SCRATCH
-        pipeline.stage(Stage.GLOBAL)
+        progress.stage(Stage.GLOBAL)
         out = pipeline.global_forward(mapping, Component.VAE_B_SCRATCH, prepared.image, prepared.mask)
         if options.return_stages:
             stages["scratch_mask"] = detection.saved_mask[..., 0]
     else:
-        pipeline.stage(Stage.GLOBAL)
+        progress.stage(Stage.GLOBAL)
         resized = np.asarray(official.resize_full_mode(image))
         out = pipeline.global_forward(
             Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, to_tensor(resized), None
@@ -53,12 +57,12 @@ def restore_official(
         stages["global"] = restored
     boxes: list[tuple[int, int, int, int]] = []
     if options.faces and pipeline.face_enhancer is not None:
-        pipeline.stage(Stage.FACES)
+        progress.stage(Stage.FACES)
         restored, boxes = pipeline.face_enhancer(
             restored, size=options.resolved_face_size(), official_detector=True
         )
     if options.colorize:
-        pipeline.stage(Stage.COLORIZATION)
+        progress.stage(Stage.COLORIZATION)
         restored = pipeline.colorize(restored)
         if options.return_stages:
             stages["colorize"] = restored

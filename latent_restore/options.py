@@ -60,6 +60,29 @@ def planned_stages(options: RestorationOptions, faces_available: bool) -> list[S
     return stages
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where the restoration of one photo is, told to whoever asked for it.
+
+    An argument of :meth:`~latent_restore.pipeline.RestorationPipeline.__call__`, not state on the
+    pipeline: a callback lives exactly as long as the call it watches, so a batch run, a web job and
+    a benchmark sharing one pipeline never see each other's photos, and nobody has to reset it.
+    A callback may raise to stop the restoration there (the web page cancels a job that way).
+
+    Attributes:
+        on_stage: called with a :class:`Stage`'s value as that stage starts.
+        on_tile: called with ``(done, total)`` after each tile of a tiled global stage.
+    """
+
+    on_stage: Callable[[str], None] | None = None
+    on_tile: Callable[[int, int], None] | None = None
+
+    def stage(self, stage: Stage) -> None:
+        """Report that ``stage`` starts."""
+        if self.on_stage is not None:
+            self.on_stage(stage.value)
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """No usable weights; the message says how to get some."""
 

@@ -47,6 +47,7 @@ from latent_restore.options import (
     IncompatibleWeightsError,
     NonFiniteOutputError,
     Preset,
+    Progress,
     RestorationModel,
     RestorationOptions,
     RestorationResult,
@@ -83,6 +84,7 @@ __all__ = [
     "NonFiniteOutputError",
     "Precision",
     "Preset",
+    "Progress",
     "RestorationModel",
     "RestorationOptions",
     "RestorationPipeline",
@@ -133,10 +135,7 @@ class RestorationPipeline:
         self.dtype = dtype
         self.memory_limit = memory_limit
         self.max_pixels = max_pixels if max_pixels is not None else default_max_pixels(self.device)
-        self.stage_callback: Callable[[str], None] | None = None
         self._conv_macs: dict[tuple[Component, Component], float] = {}
-        # Called with (done, total) after each tile of the global stage (the web page cancels there).
-        self.tile_callback: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_pretrained(
@@ -277,11 +276,6 @@ class RestorationPipeline:
         choose = getattr(self.face_enhancer, "component", None)
         return choose(options.resolved_face_size()) if choose else None
 
-    def stage(self, stage: Stage) -> None:
-        """Report that ``stage`` starts (its name to :attr:`stage_callback`: progress, cancellation)."""
-        if self.stage_callback is not None:
-            self.stage_callback(stage.value)
-
     def global_forward(
         self, mapping: Component, decoder: Component, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
@@ -367,6 +361,7 @@ class RestorationPipeline:
         mask: np.ndarray | None,
         hr: bool = False,
         context: ScratchContext = ScratchContext.TILED,
+        progress: Progress | None = None,
     ) -> tuple[np.ndarray, str]:
         """Global restoration of float RGB ``H x W x 3`` in [0, 1] at its own size.
 
@@ -375,6 +370,7 @@ class RestorationPipeline:
             mask: bool/0-1 ``H x W`` defect mask (scratch modes) or None (quality mode).
             hr: with a mask, use the patch-attention mapping (and the released 7x7 mask dilation).
             context: how far the partial non-local block attends (see :class:`ScratchContext`).
+            progress: told after each tile when the photo is tiled.
 
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path taken.
@@ -398,7 +394,7 @@ class RestorationPipeline:
         if tile is None:
             out = forward(x, m)
         else:
-            out = run_tiled(forward, x, m, tile, TILE_OVERLAP, self.tile_callback)
+            out = run_tiled(forward, x, m, tile, TILE_OVERLAP, progress.on_tile if progress else None)
         return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), path
 
     def restore_pix2pix(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:
@@ -444,28 +440,40 @@ class RestorationPipeline:
         return (prob[0, 0] >= threshold).numpy()
 
     def __call__(
-        self, photo: Photo | np.ndarray | Image.Image, options: RestorationOptions | None = None
+        self,
+        photo: Photo | np.ndarray | Image.Image,
+        options: RestorationOptions | None = None,
+        progress: Progress | None = None,
     ) -> RestorationResult:
-        """Restore one photo."""
+        """Restore one photo.
+
+        Args:
+            photo: the photo (a decoded :class:`Photo`, an RGB/RGBA/gray array or a PIL image).
+            options: what to do; None = the defaults.
+            progress: told as each stage starts and after each tile (see :class:`Progress`).
+        """
         options = options or RestorationOptions()
+        progress = progress or Progress()
         self.check_options(options)
         if not isinstance(photo, Photo):
             photo = photo_from_array(photo)
         if options.preset is Preset.OFFICIAL:
-            return restore_official(self, photo, options)
+            return restore_official(self, photo, options, progress)
         stages: dict[str, np.ndarray] = {}
         tone = MonochromeTone.fit(photo.rgb) if options.keep_monochrome else None
         mask = None
         if options.with_scratch:
-            self.stage(Stage.SCRATCH_DETECTION)
+            progress.stage(Stage.SCRATCH_DETECTION)
             mask = self.detect_scratches(photo.rgb)
             if options.return_stages:
                 stages["scratch_mask"] = mask.astype(np.uint8) * 255
-        self.stage(Stage.GLOBAL)
+        progress.stage(Stage.GLOBAL)
         if options.model is RestorationModel.PIX2PIX:
             restored, path = self.restore_pix2pix(photo.rgb)
         else:
-            restored, path = self.restore_global(photo.rgb, mask, options.hr, options.scratch_context)
+            restored, path = self.restore_global(
+                photo.rgb, mask, options.hr, options.scratch_context, progress=progress
+            )
         check_finite_output(restored, "global restoration")
         if restored.shape[:2] != photo.size:
             raise IncompatibleWeightsError(
@@ -478,7 +486,7 @@ class RestorationPipeline:
             stages["global"] = quantize(restored)
         boxes: list[tuple[int, int, int, int]] = []
         if options.faces and self.face_enhancer is not None:
-            self.stage(Stage.FACES)
+            progress.stage(Stage.FACES)
             enhanced, boxes = self.face_enhancer(quantize(restored), size=options.resolved_face_size())
             if boxes:
                 restored = enhanced.astype(np.float32) / 255.0
@@ -488,7 +496,7 @@ class RestorationPipeline:
                 stages["faces"] = quantize(restored)
         if options.colorize:
             # Last, and after the monochrome tone was re-applied: nothing turns the colours back to gray.
-            self.stage(Stage.COLORIZATION)
+            progress.stage(Stage.COLORIZATION)
             restored = self.colorize(restored)
             check_finite_output(restored, "colorization")
             if options.return_stages:

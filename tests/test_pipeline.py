@@ -13,6 +13,7 @@ from latent_restore.core.tiling import run_tiled, tile_starts
 from latent_restore.options import planned_stages
 from latent_restore.pipeline import (
     Preset,
+    Progress,
     RestorationOptions,
     RestorationPipeline,
     WeightsNotFoundError,
@@ -155,7 +156,7 @@ def test_faces_are_found_and_enhanced(tiny_weights, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(latent_restore.stores, "MAX_FACE_UPSCALE", 100.0)
     pipeline = RestorationPipeline.from_pretrained(tiny_weights, device="cpu")
     # Random tiny global networks would scramble the face; keep the photo as it is instead.
-    pipeline.restore_global = lambda rgb, mask, *args: (rgb, "identity")
+    pipeline.restore_global = lambda rgb, mask, *args, **kwargs: (rgb, "identity")
     photo = read_photo(sorted((DATA / "faces" / "gfpgan_cropped").iterdir())[0])
     with_faces = pipeline(photo, RestorationOptions(return_stages=True))
     assert len(with_faces.face_boxes) == 1
@@ -212,6 +213,5 @@ def test_reported_stages_are_the_planned_ones(tiny_weights, options: Restoration
     """The web page's progress follows planned_stages: the pipeline must report exactly those."""
     with_faces = RestorationPipeline.from_pretrained(tiny_weights, device="cpu")
     reported: list[str] = []
-    with_faces.stage_callback = reported.append
-    with_faces(_photo(40, 56), options)
+    with_faces(_photo(40, 56), options, Progress(on_stage=reported.append))
     assert reported == [s.value for s in planned_stages(options, faces_available=True)]

@@ -239,9 +239,9 @@ class Slow(pipeline_module.RestorationPipeline):
         while time.monotonic() < deadline:
             a = torch.tanh(a @ a)
             done += 1
-            callback = getattr(self, "tile_callback", None)
-            if interruptible and callback is not None:
-                callback(done, 10**9)
+            progress = kwargs.get("progress")
+            if interruptible and progress is not None:
+                progress.on_tile(done, 10**9)
         return super().restore_global(*args, **kwargs)
 
 

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from latent_restore.core.imaging import encode_png, read_photo
-from latent_restore.pipeline import RestorationOptions, RestorationPipeline
+from latent_restore.pipeline import Progress, RestorationOptions, RestorationPipeline, Stage
 from latent_restore.web.app import EXTENSION_KEY, create_app
 from latent_restore.web.jobs import LOCK_NAME, JobManager
 
@@ -89,8 +89,6 @@ class GatedPipeline:
         self.fail = fail
         self.face_enhancer = None
         self.max_pixels = inner.max_pixels
-        self.stage_callback: Callable[[str], None] | None = None
-        self.tile_callback: Callable[[int, int], None] | None = None
         self.active = 0
         self.most_active = 0
         self._lock = threading.Lock()
@@ -98,7 +96,7 @@ class GatedPipeline:
     def check_ready(self, options: RestorationOptions) -> None:
         self.inner.check_ready(options)
 
-    def __call__(self, photo, options=None):
+    def __call__(self, photo, options=None, progress: Progress | None = None):
         with self._lock:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
@@ -106,8 +104,8 @@ class GatedPipeline:
             assert self.gate.wait(WAIT_S)
             if self.fail is not None:
                 raise self.fail
-            if self.stage_callback is not None:
-                self.stage_callback("global restoration")
+            if progress is not None:
+                progress.stage(Stage.GLOBAL)
             return self.inner(photo, options)
         finally:
             with self._lock:

@@ -32,7 +32,7 @@ from typing import BinaryIO, Protocol
 
 from latent_restore.core.imaging import ImageReadError, PixelLimitError, encode_png, read_photo
 from latent_restore.options import planned_stages
-from latent_restore.pipeline import RestorationOptions, RestorationResult
+from latent_restore.pipeline import Progress, RestorationOptions, RestorationResult
 from latent_restore.web.workdir import (
     LOCK_NAME,
     WORK_DIR_PREFIX,
@@ -67,14 +67,14 @@ SWEEP_INTERVAL_S = 30.0
 class Pipeline(Protocol):
     """What the queue needs of :class:`~latent_restore.pipeline.RestorationPipeline` (tests may wrap one)."""
 
-    stage_callback: Callable[[str], None] | None
-    tile_callback: Callable[[int, int], None] | None
     face_enhancer: object | None
     max_pixels: int
 
     def check_ready(self, options: RestorationOptions) -> None: ...
 
-    def __call__(self, photo, options: RestorationOptions | None = None) -> RestorationResult: ...
+    def __call__(
+        self, photo, options: RestorationOptions | None = None, progress: Progress | None = None
+    ) -> RestorationResult: ...
 
 
 class JobStatus(str, enum.Enum):
@@ -423,8 +423,10 @@ class JobManager:
     def _run(self, job: Job) -> None:
         """Restore one photo on the worker thread; any failure is the job's, never the worker's."""
         start = time.perf_counter()
-        self.pipeline.stage_callback = lambda stage: self._set_stage(job, stage)
-        self.pipeline.tile_callback = lambda done, total: self._tile_done(job, done, total)
+        progress = Progress(
+            on_stage=lambda stage: self._set_stage(job, stage),
+            on_tile=lambda done, total: self._tile_done(job, done, total),
+        )
         try:
             self._set_stage(job, "reading")
             photo = read_photo(job.upload, max_pixels=self.max_pixels)
@@ -433,7 +435,7 @@ class JobManager:
             with self._cond:
                 job.original = original
                 self._check_cancelled(job)
-            result = self.pipeline(photo, job.options)
+            result = self.pipeline(photo, job.options, progress)
             self._set_stage(job, "saving")
             data = encode_png(result.image, result.alpha, photo.gray_file, photo.icc_profile, photo.exif)
             path = self._new_path(".png")
@@ -453,8 +455,6 @@ class JobManager:
                 job.result, job.status, job.progress, job.stage = path, JobStatus.DONE, 1.0, None
             logger.info("job %s…: done in %.1f s (%s)", job.id[:6], time.perf_counter() - start, result.path)
         finally:
-            self.pipeline.stage_callback = None
-            self.pipeline.tile_callback = None
             with self._cond:
                 job.upload.unlink(missing_ok=True)
                 job.finished = self.clock()
