@@ -24,12 +24,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Importing the networks registers their architectures, so any component directory loads.
-import face_enhance.generator  # noqa: F401
-import latent_restore.colorize.network
-import latent_restore.pix2pix.generator  # noqa: F401
-import stage1_vae  # noqa: F401
-import stage2_mapping  # noqa: F401
 from latent_restore.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from latent_restore.core.components import Component
 

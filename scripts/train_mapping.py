@@ -13,7 +13,6 @@ import sys
 
 import training_args
 
-import stage1_vae  # noqa: F401  (registers the VAE architecture of the --vae-a/--vae-b components)
 from stage2_mapping.training import MappingTrainingConfig, MappingVariant, build_mapping_task
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import latent_restore.weights  # noqa: F401  (registers every architecture)
 from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
 from latent_restore.colorize.network import Colorizer, ColorizerConfig
-from latent_restore.core.checkpoint import _ARCHITECTURES, load_component, save_component
+from latent_restore.core.checkpoint import (
+    ARCHITECTURES,
+    architecture_class,
+    load_component,
+    register_architecture,
+    save_component,
+)
 from latent_restore.core.unet import UNetConfig
 from latent_restore.pix2pix import Pix2PixGenerator
 from stage1_vae import VAE, VAEConfig
@@ -96,7 +101,23 @@ def _cases():
 
 
 def test_every_registered_architecture_has_a_case() -> None:
-    assert set(_cases()) == set(_ARCHITECTURES)
+    assert set(_cases()) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_resolves_to_its_class(name: str) -> None:
+    """The registry's "module:Class" strings import the class that declares that name."""
+    cls = architecture_class(name)
+    assert cls.architecture == name
+    assert f"{cls.__module__}:{cls.__qualname__}" == ARCHITECTURES[name]
+
+
+def test_an_unlisted_architecture_is_refused() -> None:
+    with pytest.raises(ValueError, match="add or correct the entry"):
+
+        @register_architecture("not_listed", UNetConfig)
+        class Unlisted(torch.nn.Module):
+            pass
 
 
 @pytest.mark.parametrize("name", list(_cases()))

@@ -14,11 +14,13 @@ are refused, since they would turn every photo black without an error.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import torch
@@ -37,7 +39,29 @@ FORMAT_VERSION = 1
 
 M = TypeVar("M", bound=nn.Module)
 
+ARCHITECTURES: Mapping[str, str] = MappingProxyType(
+    {
+        "vae": "stage1_vae.vae:VAE",
+        "mapping": "stage2_mapping.mapping:MappingNetwork",
+        "mapping_nonlocal": "stage2_mapping.mapping:NonLocalMappingNetwork",
+        "mapping_patch_attention": "stage2_mapping.mapping:PatchAttentionMappingNetwork",
+        "scratch_detector": "stage2_mapping.scratch_detector:ScratchDetector",
+        "face_generator": "face_enhance.generator:FaceGenerator",
+        "pix2pix_generator": "latent_restore.pix2pix.generator:Pix2PixGenerator",
+        "colorizer": "latent_restore.colorize.network:Colorizer",
+    }
+)
+"""Every architecture a component directory may hold: its ``config.json`` name -> ``"module:Class"``.
+
+The one explicit registry. :func:`load_component` imports a class's module only when a component of
+that architecture is loaded, so the core names the networks without importing any stage (the
+dependency rule) and no module has to be imported for a registration side effect before loading.
+The names are stored in checkpoints and must never change; only the right-hand side follows the
+code (``colorizer`` kept its name when the package moved under ``latent_restore``).
+"""
+
 _ARCHITECTURES: dict[str, type[nn.Module]] = {}
+"""The classes of :data:`ARCHITECTURES` imported so far (filled by :func:`register_architecture`)."""
 
 
 class CheckpointError(RuntimeError):
@@ -45,15 +69,20 @@ class CheckpointError(RuntimeError):
 
 
 def register_architecture(name: str, config_class: type) -> Callable[[type[M]], type[M]]:
-    """Class decorator: make a network loadable by the ``architecture`` name in ``config.json``.
+    """Class decorator: declare the ``architecture`` name and config class of a network.
 
     The decorated class must accept its config dataclass as the only constructor argument and keep
-    it as ``self.config``.
+    it as ``self.config``, and :data:`ARCHITECTURES` must list it under ``name`` (refused otherwise,
+    so the registry cannot fall behind the code).
     """
 
     def decorate(cls: type[M]) -> type[M]:
-        if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
-            raise ValueError(f"architecture {name!r} is registered twice")
+        listed = ARCHITECTURES.get(name)
+        if listed != f"{cls.__module__}:{cls.__qualname__}":
+            raise ValueError(
+                f"{cls.__module__}.{cls.__qualname__} registers as architecture {name!r}, which "
+                f"ARCHITECTURES in {__name__} lists as {listed!r}: add or correct the entry there"
+            )
         cls.architecture = name  # type: ignore[attr-defined]
         cls.config_class = config_class  # type: ignore[attr-defined]
         _ARCHITECTURES[name] = cls
@@ -199,6 +228,23 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def architecture_class(name: str) -> type[nn.Module]:
+    """The network class of architecture ``name``, importing its module on first use.
+
+    Raises:
+        CheckpointError: ``name`` is not in :data:`ARCHITECTURES`.
+    """
+    if name not in _ARCHITECTURES:
+        target = ARCHITECTURES.get(name)
+        if target is None:
+            raise CheckpointError(f"unknown architecture {name!r} (known: {sorted(ARCHITECTURES)})")
+        module_name, _, class_name = target.partition(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if _ARCHITECTURES.get(name) is not cls:  # the decorator registers it as its module is imported
+            raise TypeError(f"{target} lacks @register_architecture({name!r}, ...)")
+    return _ARCHITECTURES[name]
+
+
 def load_component(
     directory: str | os.PathLike[str],
     expected: type[M] | None = None,
@@ -220,11 +266,10 @@ def load_component(
     """
     directory = Path(directory)
     meta = read_config(directory)
-    cls = _ARCHITECTURES.get(meta["architecture"])
-    if cls is None:
-        raise CheckpointError(
-            f"{directory}: unknown architecture {meta['architecture']!r} (known: {sorted(_ARCHITECTURES)})"
-        )
+    try:
+        cls = architecture_class(meta["architecture"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from None
     if expected is not None and not issubclass(cls, expected):
         raise CheckpointError(f"{directory} holds a {cls.__name__}, expected a {expected.__name__}")
     try:
