@@ -28,16 +28,13 @@ try:
 except ImportError:  # run as a module
     from benchmarks._weights import write_rule_official_weights
 
-from latent_restore.pipeline import RestorationPipeline
-from latent_restore.weights import Component
+from latent_restore.pipeline import Mode, RestorationPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = REPO / "latent_restore" / "default_weights"
 TOLERANCE = 0.25
-MODES = {
-    "quality": (Component.MAPPING_QUALITY, Component.VAE_B_QUALITY),
-    "scratch": (Component.MAPPING_SCRATCH, Component.VAE_B_SCRATCH),
-}
+MODES = {mode.value: mode.global_components() for mode in (Mode.QUALITY, Mode.SCRATCH)}
+"""The measured modes' ``(mapping, decoder)``, as the pipeline resolves them."""
 
 
 def _status_kib(field: str) -> int:

@@ -15,7 +15,14 @@ from PIL import Image
 
 from latent_restore import official
 from latent_restore.core.imaging import Photo, quantize, to_tensor
-from latent_restore.options import Progress, RestorationOptions, RestorationResult, Stage, check_finite_output
+from latent_restore.options import (
+    Mode,
+    Progress,
+    RestorationOptions,
+    RestorationResult,
+    Stage,
+    check_finite_output,
+)
 from latent_restore.weights import Component
 
 if TYPE_CHECKING:
@@ -33,24 +40,22 @@ def restore_official(
     image = Image.fromarray(quantize(photo.rgb))
     stages: dict[str, np.ndarray] = {}
     mask = None
-    if options.with_scratch:
+    mode = options.mode
+    if mode.detects_scratches:
         progress.stage(Stage.SCRATCH_DETECTION)
         detection = official.detect_scratches(pipeline.components.get(Component.SCRATCH_DETECTOR), image)
         prepared = official.prepare_scratch_input(
-            detection.full_size_image, detection.saved_mask[..., 0], hr=options.hr
+            detection.full_size_image, detection.saved_mask[..., 0], hr=mode is Mode.HR
         )
         mask = prepared.mask[0, 0].numpy() > 0
-        mapping = Component.MAPPING_HR if options.hr else Component.MAPPING_SCRATCH
         progress.stage(Stage.GLOBAL)
-        out = pipeline.global_forward(mapping, Component.VAE_B_SCRATCH, prepared.image, prepared.mask)
+        out = pipeline.global_forward(*mode.global_components(), prepared.image, prepared.mask)
         if options.return_stages:
             stages["scratch_mask"] = detection.saved_mask[..., 0]
     else:
         progress.stage(Stage.GLOBAL)
         resized = np.asarray(official.resize_full_mode(image))
-        out = pipeline.global_forward(
-            Component.MAPPING_QUALITY, Component.VAE_B_QUALITY, to_tensor(resized), None
-        )
+        out = pipeline.global_forward(*mode.global_components(), to_tensor(resized), None)
     check_finite_output(out.numpy(), "global restoration")
     restored = official.saved_restoration(out)
     if options.return_stages:

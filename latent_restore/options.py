@@ -1,6 +1,6 @@
 """What a restoration is asked to do and what it returns: the typed values the pipeline, the CLI,
 the web jobs and the batch runner share (presets, scratch context, precision, model, options,
-results) and the errors they report. Precision and the device error are the core's
+results, the global stage's mode) and the errors they report. Precision and the device error are the core's
 (:mod:`latent_restore.core.device`), shared with training.
 """
 
@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from latent_restore.core.components import Component
 
 
 class Preset(str, enum.Enum):
@@ -37,6 +39,47 @@ class RestorationModel(str, enum.Enum):
     PIX2PIX = "pix2pix"
 
 
+class Mode(str, enum.Enum):
+    """What the two-VAE global stage does to a photo: quality, scratch or HR (patch attention).
+
+    Resolved once from the options (:attr:`RestorationOptions.mode`, :meth:`of`); the pipeline's
+    stage list, its components, the ``official`` preset and the weights' mode list all read it
+    instead of testing ``with_scratch`` and ``hr`` again.
+    """
+
+    QUALITY = "quality"
+    SCRATCH = "scratch"
+    HR = "hr"
+
+    @classmethod
+    def of(cls, with_scratch: bool, hr: bool) -> Mode:
+        """The mode of these flags; ``hr`` only counts with scratches (see ``ignored_flags``)."""
+        if not with_scratch:
+            return cls.QUALITY
+        return cls.HR if hr else cls.SCRATCH
+
+    @property
+    def detects_scratches(self) -> bool:
+        """Whether the scratch detector runs and its mask reaches the mapping."""
+        return self is not Mode.QUALITY
+
+    def global_components(self) -> tuple[Component, Component]:
+        """``(mapping, decoder)`` of the global stage in this mode."""
+        return _GLOBAL_COMPONENTS[self]
+
+    def components(self) -> tuple[Component, ...]:
+        """Every component the global stage needs in this mode, in the order they run."""
+        detector = (Component.SCRATCH_DETECTOR,) if self.detects_scratches else ()
+        return (*detector, Component.VAE_A, *self.global_components())
+
+
+_GLOBAL_COMPONENTS = {
+    Mode.QUALITY: (Component.MAPPING_QUALITY, Component.VAE_B_QUALITY),
+    Mode.SCRATCH: (Component.MAPPING_SCRATCH, Component.VAE_B_SCRATCH),
+    Mode.HR: (Component.MAPPING_HR, Component.VAE_B_SCRATCH),
+}
+
+
 class Stage(str, enum.Enum):
     """The stages a restoration reports as it enters them, in order; the values are what progress shows."""
 
@@ -51,7 +94,7 @@ def planned_stages(options: RestorationOptions, faces_available: bool) -> list[S
 
     The pipeline, its ``official`` preset and the web page's progress all follow this one list.
     """
-    stages = [Stage.SCRATCH_DETECTION] if options.with_scratch else []
+    stages = [Stage.SCRATCH_DETECTION] if options.mode.detects_scratches else []
     stages.append(Stage.GLOBAL)
     if options.faces and faces_available:
         stages.append(Stage.FACES)
@@ -127,16 +170,21 @@ class RestorationOptions:
         if self.face_size not in (None, 256, 512):
             raise ValueError(f"face_size must be 256 or 512, got {self.face_size}")
 
+    @property
+    def mode(self) -> Mode:
+        """The global stage's mode these options ask for."""
+        return Mode.of(self.with_scratch, self.hr)
+
     def resolved_face_size(self) -> int:
         """The face generator side these options prefer."""
         if self.face_size is not None:
             return self.face_size
-        return 512 if self.preset is Preset.OFFICIAL and self.hr and self.with_scratch else 256
+        return 512 if self.preset is Preset.OFFICIAL and self.mode is Mode.HR else 256
 
     def ignored_flags(self) -> list[str]:
         """Flags that have no effect with the others (to say so instead of silently ignoring them)."""
         notes = []
-        if self.hr and not self.with_scratch:
+        if self.hr and self.mode is Mode.QUALITY:
             notes.append(
                 "--hr selects the patch-attention mapping of scratch mode: it has no effect without "
                 "--with-scratch"

@@ -45,6 +45,7 @@ from latent_restore.official_preset import restore_official
 from latent_restore.options import (
     FaceEnhancerFn,
     IncompatibleWeightsError,
+    Mode,
     NonFiniteOutputError,
     Preset,
     Progress,
@@ -81,6 +82,7 @@ __all__ = [
     "FaceEnhancerFn",
     "FaceStage",
     "IncompatibleWeightsError",
+    "Mode",
     "NonFiniteOutputError",
     "Precision",
     "Preset",
@@ -191,9 +193,7 @@ class RestorationPipeline:
         extra = [Component.COLORIZE] if options.colorize else []
         if options.model is RestorationModel.PIX2PIX:
             return [Component.PIX2PIX, *extra]
-        mapping, decoder = self._global_components(options.with_scratch, options.hr)
-        detector = [Component.SCRATCH_DETECTOR] if options.with_scratch else []
-        return [*detector, Component.VAE_A, mapping, decoder, *extra]
+        return [*options.mode.components(), *extra]
 
     @staticmethod
     def check_options(options: RestorationOptions) -> None:
@@ -228,8 +228,7 @@ class RestorationPipeline:
         for component in required:  # a damaged component fails here, once, not on every photo
             self.components.get(component)
         if options.model is RestorationModel.TWO_VAE:
-            mapping, decoder = self._global_components(options.with_scratch, options.hr)
-            self._check_fit(Component.VAE_A, mapping, decoder)
+            self._check_fit(Component.VAE_A, *options.mode.global_components())
 
     def _check_fit(self, vae_a: Component, mapping: Component, vae_b: Component) -> None:
         """The encoder, mapping and decoder must agree on latent channels and downsampling.
@@ -302,13 +301,6 @@ class RestorationPipeline:
             )
         return crop_to(out.to(torch.float32).cpu(), size)
 
-    @staticmethod
-    def _global_components(with_scratch: bool, hr: bool) -> tuple[Component, Component]:
-        """``(mapping, decoder)`` of the two-VAE global stage in a mode."""
-        if not with_scratch:
-            return Component.MAPPING_QUALITY, Component.VAE_B_QUALITY
-        return (Component.MAPPING_HR if hr else Component.MAPPING_SCRATCH), Component.VAE_B_SCRATCH
-
     def _conv_macs_per_pixel(self, mapping: Component, decoder: Component) -> float:
         """Multiply-accumulates of the path's convolutions per photo pixel, counted once by hooks on a
         probe image (the networks' sizes, not assumptions about them)."""
@@ -375,7 +367,7 @@ class RestorationPipeline:
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path taken.
         """
-        mapping, decoder = self._global_components(mask is not None, hr)
+        mapping, decoder = Mode.of(mask is not None, hr).global_components()
         if mask is None:
             m = None
         else:
@@ -462,7 +454,7 @@ class RestorationPipeline:
         stages: dict[str, np.ndarray] = {}
         tone = MonochromeTone.fit(photo.rgb) if options.keep_monochrome else None
         mask = None
-        if options.with_scratch:
+        if options.mode.detects_scratches:
             progress.stage(Stage.SCRATCH_DETECTION)
             mask = self.detect_scratches(photo.rgb)
             if options.return_stages:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from latent_restore.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from latent_restore.core.components import Component
+from latent_restore.options import Mode
 
 __all__ = [
     "DEFAULT_WEIGHTS_DIR",
@@ -63,14 +64,9 @@ SOURCE_NAME = "source.json"
 """Provenance written beside the components by ``convert``/``download`` (archives' SHA-256, ...)."""
 
 MODES: dict[str, tuple[Component, ...]] = {
-    "quality": (Component.VAE_A, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY),
-    "scratch": (
-        Component.SCRATCH_DETECTOR,
-        Component.VAE_A,
-        Component.MAPPING_SCRATCH,
-        Component.VAE_B_SCRATCH,
-    ),
-    "HR": (Component.SCRATCH_DETECTOR, Component.VAE_A, Component.MAPPING_HR, Component.VAE_B_SCRATCH),
+    "quality": Mode.QUALITY.components(),
+    "scratch": Mode.SCRATCH.components(),
+    "HR": Mode.HR.components(),
     "faces 256": (Component.FACE_256,),
     "faces 512": (Component.FACE_512,),
     "colorize": (Component.COLORIZE,),

@@ -215,3 +215,16 @@ def test_reported_stages_are_the_planned_ones(tiny_weights, options: Restoration
     reported: list[str] = []
     with_faces(_photo(40, 56), options, Progress(on_stage=reported.append))
     assert reported == [s.value for s in planned_stages(options, faces_available=True)]
+
+
+def test_the_mode_is_resolved_once_from_the_flags() -> None:
+    """``hr`` counts only with scratches; the weights' mode list takes its components from the mode."""
+    from latent_restore.options import Mode
+    from latent_restore.weights import MODES
+
+    assert RestorationOptions().mode is Mode.QUALITY
+    assert RestorationOptions(hr=True).mode is Mode.QUALITY
+    assert RestorationOptions(with_scratch=True).mode is Mode.SCRATCH
+    assert RestorationOptions(with_scratch=True, hr=True).mode is Mode.HR
+    assert [MODES["quality"], MODES["scratch"], MODES["HR"]] == [m.components() for m in Mode]
+    assert not Mode.QUALITY.detects_scratches and Mode.HR.detects_scratches
