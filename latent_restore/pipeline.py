@@ -31,16 +31,11 @@ from PIL import Image
 
 from latent_restore import official
 from latent_restore.core.colour import MonochromeTone, luma
-from latent_restore.core.device import (
-    INFERENCE_PRECISIONS,
-    DeviceNotAvailableError,
-    Precision,
-    resolve_device,
-)
+from latent_restore.core.device import DeviceNotAvailableError, Precision, resolve_device
 from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize
 from latent_restore.core.memory import available_memory
 from latent_restore.core.tiling import run_tiled
-from latent_restore.devices import bf16_supported
+from latent_restore.devices import bf16_supported, inference_dtype
 from latent_restore.official_preset import restore_official
 from latent_restore.options import (
     FaceEnhancerFn,
@@ -171,16 +166,8 @@ class RestorationPipeline:
                 "Make one with `latent-restore convert --official DIR --out WEIGHTS` from the authors' "
                 "released checkpoints, or train one with the scripts in scripts/."
             )
-        precision = Precision(precision)
-        if precision not in INFERENCE_PRECISIONS:
-            raise ValueError(f"{precision.value!r} is not a valid Precision for inference: use fp32 or bf16")
         torch_device = resolve_device(device)
-        dtype = torch.float32
-        if precision is Precision.BF16:
-            if bf16_supported(torch_device):
-                dtype = torch.bfloat16
-            else:
-                logger.warning("bf16 is not supported natively on %s; running in fp32", torch_device)
+        dtype = inference_dtype(precision, torch_device)
         store = ComponentStore(weights_dir, torch_device, dtype)
         face_stage = FaceStage(store)
         if faces and not face_stage.available():
