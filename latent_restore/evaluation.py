@@ -70,16 +70,25 @@ class MethodScores:
         return out
 
 
+def evaluation_photos(root: Path, held_out_only: bool) -> list[Path]:
+    """The photos an evaluation reads: the held-out split of ``root`` (or all of them), in order.
+
+    Raises:
+        FileNotFoundError: there is none, saying where it looked.
+    """
+    paths = list_images(root)
+    if held_out_only:
+        paths = split(paths, root)[1]
+    if not paths:
+        where = " in the held-out split" if held_out_only else ""
+        raise FileNotFoundError(f"no photos under {root}{where}")
+    return paths
+
+
 def build_cases(protocol: EvalProtocol) -> list[EvalCase]:
     """Clean crops and their degraded versions; the same protocol always gives the same cases."""
     root = Path(protocol.clean_dir)
-    paths = list_images(root)
-    if protocol.held_out_only:
-        paths = split(paths, root)[1]
-    if not paths:
-        raise FileNotFoundError(
-            f"no clean photos under {root}" + (" in the held-out split" if protocol.held_out_only else "")
-        )
+    paths = evaluation_photos(root, protocol.held_out_only)
     config = with_defects(DegradationConfig(), protocol.with_scratch)
     cases = []
     for index, path in enumerate(paths):

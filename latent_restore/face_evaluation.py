@@ -26,11 +26,10 @@ from torch import nn
 from tqdm import tqdm
 
 from latent_restore.core.atomic import write_atomic
-from latent_restore.core.data import list_images, load_rgb, sample_rng
+from latent_restore.core.data import load_rgb, sample_rng
 from latent_restore.core.degradations import sample_degradation, with_defects
 from latent_restore.core.imaging import encode_png
-from latent_restore.core.splits import split
-from latent_restore.evaluation import auto_levels, best_classical, grid_image, nlmeans
+from latent_restore.evaluation import auto_levels, best_classical, evaluation_photos, grid_image, nlmeans
 from latent_restore.metrics import psnr, ssim
 
 logger = logging.getLogger(__name__)
@@ -73,13 +72,7 @@ def build_face_cases(protocol: FaceEvalProtocol, detector: object) -> tuple[list
     from face_enhance.data import face_degradation
 
     root = Path(protocol.faces_dir)
-    paths = list_images(root)
-    if protocol.held_out_only:
-        paths = split(paths, root)[1]
-    if not paths:
-        raise FileNotFoundError(
-            f"no photos under {root}" + (" in the held-out split" if protocol.held_out_only else "")
-        )
+    paths = evaluation_photos(root, protocol.held_out_only)
     config = with_defects(face_degradation(), False)
     cases: list[FaceCase] = []
     missed = draws = 0
