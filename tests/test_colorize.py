@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CLEAN_DIRS, DATA, REPO, needs_data, run_script
+from helpers import CLEAN_DIRS, DATA, REPO, needs_data, needs_shared, run_script
 from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
@@ -230,6 +230,7 @@ def trained_colorizer() -> Path | None:
     return component if (component / "config.json").is_file() else None
 
 
+@needs_shared("data/clean")
 @pytest.mark.skipif(
     trained_colorizer() is None,
     reason="no trained colorize component in the built-in weights (train one: scripts/train_colorize.py)",
