@@ -134,13 +134,7 @@ class FaceTask(TrainTask):
         loss = self.config.loss
         degraded, clean = batch["degraded"], batch["clean"]
         fake = ctx.models["generator"](degraded)
-        weights = GanLossWeights(
-            gan=loss.gan_weight,
-            feature_matching=loss.feat_weight,
-            l1=loss.l1_weight or None,
-            vgg=loss.vgg_weight,
-            num_layers=self.config.discriminator.num_layers,
-        )
+        weights = GanLossWeights.pix2pixhd(loss, self.config.discriminator.num_layers)
         result = conditional_gan_step(
             ctx, self.models["discriminator"], degraded, clean, fake, weights, vgg=self.vgg
         )

@@ -252,13 +252,7 @@ class MappingTask(TrainTask):
         fake = (ctx.models["decoder"] if "decoder" in self.models else self.vae_b.decoder)(mapped)
 
         latent_l1 = latent_l1_loss(mapped, target)
-        weights = GanLossWeights(
-            gan=loss.gan_weight,
-            feature_matching=loss.feat_weight,
-            l1=loss.l1_weight or None,
-            vgg=loss.vgg_weight,
-            num_layers=self.config.discriminator.num_layers,
-        )
+        weights = GanLossWeights.pix2pixhd(loss, self.config.discriminator.num_layers)
         result = conditional_gan_step(
             ctx,
             self.models["discriminator"],

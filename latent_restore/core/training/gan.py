@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -25,6 +26,15 @@ from torch import nn
 from latent_restore.core.discriminators import split_batch
 from latent_restore.core.losses import GanMode, VGGLoss, feature_matching_loss, gan_loss
 from latent_restore.core.training.task import StepContext, frozen
+
+
+class Pix2PixHDLossConfig(Protocol):
+    """The loss weights of a pix2pixHD-style task config (the mapping's and the face generator's)."""
+
+    gan_weight: float
+    feat_weight: float
+    vgg_weight: float
+    l1_weight: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +59,17 @@ class GanLossWeights:
     vgg: float = 0.0
     mode: GanMode = GanMode.LSGAN
     num_layers: int = 3
+
+    @classmethod
+    def pix2pixhd(cls, loss: Pix2PixHDLossConfig, num_layers: int) -> GanLossWeights:
+        """The LSGAN + feature matching + VGG weights of ``loss``; a zero ``l1_weight`` adds no term."""
+        return cls(
+            gan=loss.gan_weight,
+            feature_matching=loss.feat_weight,
+            l1=loss.l1_weight or None,
+            vgg=loss.vgg_weight,
+            num_layers=num_layers,
+        )
 
     @property
     def adversarial(self) -> bool:
