@@ -60,3 +60,40 @@ def test_pipeline_runs_only_the_inference_precisions(tiny_weights: Path) -> None
             RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False, precision=precision)
     pipeline = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False, precision="fp32")
     assert pipeline.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("instructions", "bf16_seconds", "expected"),
+    [
+        (False, 0.001, torch.float32),  # emulated: never probed, never chosen
+        (True, 0.020, torch.float32),  # the instructions, but no faster kernel: fp32
+        (True, 0.005, torch.bfloat16),
+    ],
+)
+def test_cpu_bf16_only_where_it_is_faster_than_fp32(
+    monkeypatch: pytest.MonkeyPatch, instructions: bool, bf16_seconds: float, expected: torch.dtype
+) -> None:
+    from latent_restore import devices
+
+    probed = []
+
+    def probe(dtype: torch.dtype, repeats: int = 3) -> float:
+        probed.append(dtype)
+        return bf16_seconds if dtype == torch.bfloat16 else 0.010
+
+    monkeypatch.setattr(devices, "_cpu_has_bf16_instructions", lambda: instructions)
+    monkeypatch.setattr(devices, "_probe_seconds", probe)
+    devices._bf16_probe_faster.cache_clear()
+    try:
+        assert devices.inference_dtype("bf16", torch.device("cpu")) == expected
+        assert devices.inference_dtype("fp32", torch.device("cpu")) == torch.float32
+        assert bool(probed) == instructions
+    finally:
+        devices._bf16_probe_faster.cache_clear()
+
+
+def test_the_bf16_probe_times_a_real_convolution() -> None:
+    from latent_restore import devices
+
+    seconds = devices._probe_seconds(torch.float32, repeats=1)
+    assert seconds > 0 and seconds != float("inf")
