@@ -49,6 +49,10 @@ class FaceGeneratorConfig:
             released model has no such skip and must rebuild every pixel through its bottleneck;
             a small network trained briefly learns far faster as a correction. ``False`` for the
             released checkpoints.
+        mirror_average: in eval mode, average the outputs for the face and for its mirror image
+            (a test-time self-ensemble: faces are close to symmetric, the network's errors are
+            not, so they partly cancel; twice the cost of the stage). Training runs one pass.
+            ``False`` for the released checkpoints.
     """
 
     load_size: int = 256
@@ -58,6 +62,7 @@ class FaceGeneratorConfig:
     spade_hidden_channels: int = 128
     num_upsamples: int = 5
     residual: bool = False
+    mirror_average: bool = False
 
     def __post_init__(self) -> None:
         if self.num_upsamples < 2:
@@ -154,6 +159,11 @@ class FaceGenerator(nn.Module):
             nn.init.zeros_(self.to_rgb.bias)
 
     def forward(self, face: torch.Tensor) -> torch.Tensor:
+        if self.config.mirror_average and not self.training:
+            return 0.5 * (self._forward(face) + self._forward(face.flip(-1)).flip(-1))
+        return self._forward(face)
+
+    def _forward(self, face: torch.Tensor) -> torch.Tensor:
         grid = self.config.latent_size
         x = self.stem(F.interpolate(face, size=(grid, grid), mode="bilinear", align_corners=False))
         x = self.head(x, face)

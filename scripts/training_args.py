@@ -41,7 +41,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--export-weights",
         metavar="DIR",
-        help="do not train: write the components of the run folder's latest checkpoint to DIR",
+        help="do not train: write the components of the run folder's latest checkpoint to DIR "
+        "(--set applies to the run's config first, for inference-only settings)",
     )
     return p
 
@@ -68,7 +69,7 @@ def run(
     if args.export_weights:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         try:
-            export_weights(config_cls, build_task, args.out, args.export_weights)
+            export_weights(config_cls, build_task, args.out, args.export_weights, args.set)
         except (OSError, ConfigError, CheckpointUnusable) as exc:
             p.exit(2, f"{p.prog}: error: {exc}\n")
         return 0

@@ -164,6 +164,18 @@ def test_pretrain_then_gan_phase_train_and_write_loadable_weights(tmp_path: Path
     with pytest.raises(SystemExit) as refused:
         run_script("train_colorize", ["--out", str(tmp_path / "none"), "--export-weights", str(exported)])
     assert refused.value.code == 2
+    # --set reaches what only inference reads; an override that changes a shape is refused.
+    scaled = tmp_path / "scaled"
+    args = ["--out", str(pre), "--set", "model.chroma_scale=0.5", "--export-weights", str(scaled)]
+    assert run_script("train_colorize", args) == 0
+    net = load_component(scaled / Component.COLORIZE.value)
+    assert net.config.chroma_scale == 0.5
+    pretrained = load_component(weights).state_dict()
+    assert all(torch.equal(pretrained[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(SystemExit) as refused:
+        args = ["--out", str(pre), "--set", "model.base_channels=3", "--export-weights", str(tmp_path / "x")]
+        run_script("train_colorize", args)
+    assert refused.value.code == 2 and not (tmp_path / "x").exists()
     # The gan phase starts from the pre-trained weights, not from a fresh network.
     config = load_config(
         ColorizeTrainingConfig, REPO / "scripts" / "configs" / "tiny" / "colorize.yaml", ["phase=gan"]

@@ -7,6 +7,7 @@ numerical equivalence with the released code is in ``test_face_fixtures.py``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -584,3 +585,20 @@ def test_residual_generator_starts_as_identity_and_every_parameter_learns() -> N
     assert not torch.equal(generator(face), face)
     with pytest.raises(ValueError, match="residual"):
         FaceGenerator(FaceGeneratorConfig(load_size=32, out_channels=1, num_upsamples=3, residual=True))
+
+
+def test_mirror_average_ensembles_only_in_eval_mode() -> None:
+    config = FaceGeneratorConfig(load_size=32, base_channels=4, spade_hidden_channels=4, num_upsamples=3)
+    torch.manual_seed(0)
+    plain = FaceGenerator(config).eval()
+    mirrored = FaceGenerator(dataclasses.replace(config, mirror_average=True))
+    mirrored.load_state_dict(plain.state_dict())
+    face = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        one, flipped = plain(face), plain(face.flip(-1)).flip(-1)
+        assert not torch.allclose(one, flipped)  # the network is not symmetric by itself
+        torch.testing.assert_close(mirrored.eval()(face), (one + flipped) / 2)
+        torch.testing.assert_close(mirrored.train()(face), plain.train()(face))  # training: one pass
+        plain.eval()
+        # the ensemble is mirror-equivariant: a mirrored face gives the mirrored result
+        torch.testing.assert_close(mirrored.eval()(face.flip(-1)), mirrored(face).flip(-1))

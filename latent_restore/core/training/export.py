@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from latent_restore.core.checkpoint import save_component
-from latent_restore.core.config import load_config
+from latent_restore.core.config import ConfigError, load_config
 from latent_restore.core.training.checkpoints import read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def export_weights(
     build_task: Callable[[Any, torch.device], Any],
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Write the components of ``run_dir``'s latest checkpoint into ``out_dir``.
 
@@ -37,19 +38,27 @@ def export_weights(
         build_task: the run's task builder.
         run_dir: the run folder (its resolved ``config.yaml`` and ``checkpoints/last.pt``).
         out_dir: where the components go (``out_dir/<component>``).
+        overrides: ``a.b=c`` settings applied to the run's config first, for what only inference
+            reads (``model.mirror_average=true``); one that changes a shape fails on loading.
 
     Returns:
         ``out_dir``.
     """
     run = Path(run_dir)
-    config = load_config(config_cls, run / "config.yaml")
+    config = load_config(config_cls, run / "config.yaml", overrides)
     state = read_checkpoint(run / "checkpoints" / "last.pt")
     task = build_task(config, torch.device("cpu"))
     models = dict(task.models)
-    for name, model in models.items():
-        model.load_state_dict(state["models"][name])
-    for name, ema_state in state["ema"].items():
-        models[name].load_state_dict(ema_state)
+    try:
+        for name, model in models.items():
+            model.load_state_dict(state["models"][name])
+        for name, ema_state in state["ema"].items():
+            models[name].load_state_dict(ema_state)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ConfigError(
+            f"the checkpoint of {run} does not fit its config with {list(overrides)}: {detail}"
+        ) from exc
     out = Path(out_dir)
     for component, model in task.final_weights(models).items():
         name = str(getattr(component, "value", component))
