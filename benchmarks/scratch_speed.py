@@ -1,22 +1,25 @@
 """Scratched photos at real sizes: time and peak memory of whole-photo vs tiled attention, in one run.
 
     python benchmarks/scratch_speed.py [--weights DIR] [--sizes 512x512 1024x1024 2048x1536 4000x3000]
-        [--folder ../shared/data/real_old] [--threads 2]
+        [--baseline CHECKOUT] [--folder ../shared/data/real_old] [--threads 2]
 
 For each size it restores one synthetic photo with a realistic thin-scratch mask (about 4 % of the
-pixels: a few long thin scratches and dust) three ways, each in a fresh process so that peak
+pixels: a few long thin scratches and dust) in several ways, each in a fresh process so that peak
 memory (``ru_maxrss``) is that path's own:
 
 * ``quality``: quality mode (no mask), the reference time;
-* ``global``: scratch mode attending over the whole photo (the released behaviour and today's
-  ``--scratch-context global``);
-* ``tiled``: scratch mode with the time-aware plan (the default).
+* ``tiled``: scratch mode with the time-aware plan (the default);
+* ``global``: scratch mode attending over the whole photo (``--scratch-context global``, the
+  released behaviour);
+* with ``--baseline`` (a checkout of an earlier commit, e.g. a ``git worktree``): ``quality@base``
+  and ``scratch@base``, the same photo through that checkout's code, so old and new are timed in
+  the same run on the same machine.
 
-It prints time, peak memory, the scratch/quality time ratio of each scratch path, tiled/global
-speed-up and the largest difference between the two scratch outputs. With ``--folder`` it also
-times a folder run with and without the I/O threads and checks their outputs are byte-identical.
-The weights default to the ones ``latent-restore run`` uses; cases whose components are missing
-are reported and skipped.
+It prints time, peak memory, the ratio of each path to quality mode, the speed-ups and the largest
+difference between outputs. With ``--folder`` it also times a folder run with and without the I/O
+threads and checks their outputs are byte-identical. ``--weights`` defaults to the ones
+``latent-restore run`` uses; ``--full-size`` writes the released architectures with seeded random
+values instead (timings only). Cases whose components are missing are reported and skipped.
 """
 
 from __future__ import annotations
@@ -76,20 +79,34 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + grain, 0, 1)
 
 
+def _use_checkout(checkout: str) -> None:
+    """Import the package from ``checkout`` instead of the installed (possibly editable) one."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, str(Path(checkout).resolve()))
+
+
 def one_case(args: argparse.Namespace) -> None:
     """Child process: restore one case and print its JSON record."""
+    if args.one_checkout:
+        _use_checkout(args.one_checkout)
     import torch
 
-    from latent_restore.pipeline import RestorationPipeline, ScratchContext
+    from latent_restore.pipeline import RestorationPipeline
 
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.one_size.split("x"))
     pipeline = RestorationPipeline.from_pretrained(args.weights, device="cpu", faces=False)
     rgb = photo(height, width)
-    mask = None if args.one_path == "quality" else scratch_mask(height, width)
-    context = ScratchContext.GLOBAL if args.one_path == "global" else ScratchContext.TILED
-    start = time.perf_counter()
-    out, path = pipeline.restore_global(rgb, mask, False, context)
+    mask = None if args.one_path.startswith("quality") else scratch_mask(height, width)
+    if args.one_checkout:  # an earlier API: no scratch context, whole-photo attention
+        start = time.perf_counter()
+        out, path = pipeline.restore_global(rgb, mask, False)
+    else:
+        from latent_restore.pipeline import ScratchContext
+
+        context = ScratchContext.GLOBAL if args.one_path == "global" else ScratchContext.TILED
+        start = time.perf_counter()
+        out, path = pipeline.restore_global(rgb, mask, False, context)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if args.save:
@@ -98,10 +115,11 @@ def one_case(args: argparse.Namespace) -> None:
 
 
 def run_child(
-    script: Path, weights: str | None, size: str, path: str, threads: int, save: Path
+    script: Path, weights: str | None, size: str, path: str, threads: int, save: Path, checkout: str | None
 ) -> dict | None:
     cmd = [sys.executable, str(script), "--one-size", size, "--one-path", path, "--threads", str(threads)]
     cmd += ["--save", str(save)] + (["--weights", weights] if weights else [])
+    cmd += ["--one-checkout", checkout] if checkout and path.endswith("@base") else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode
@@ -143,35 +161,61 @@ def folder_throughput(weights: str | None, folder: Path, threads: int) -> None:
     )
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights")
-    p.add_argument("--sizes", nargs="+", default=["512x512", "1024x1024", "2048x1536", "4000x3000"])
+    p.add_argument("--sizes", nargs="*", default=["512x512", "1024x1024", "2048x1536", "4000x3000"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--folder", type=Path)
     p.add_argument(
         "--skip-global-above", type=int, default=1 << 22, help="pixels; global attention beyond is not run"
     )
+    p.add_argument("--baseline", help="checkout of an earlier commit to time in the same run")
+    p.add_argument("--full-size", action="store_true", help="released sizes, seeded random values")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
+    p.add_argument("--one-checkout", help=argparse.SUPPRESS)
     p.add_argument("--one-path", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one_size:
         one_case(args)
         return 0
-    print(f"{date.today()} {platform.processor() or platform.machine()}, {args.threads} threads")
+    print(f"{date.today()} {cpu_name()}, {args.threads} threads")
     script = Path(__file__).resolve()
-    print("size        path      time (s)  peak (GiB)  vs quality")
+    paths = ["quality", "tiled", "global"] + (["quality@base", "scratch@base"] if args.baseline else [])
+    print("size        path          time (s)  peak (GiB)  vs quality")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.full_size:
+            sys.path.insert(0, str(script.parent))
+            from _weights import write_full_size_weights
+
+            args.weights = str(write_full_size_weights(Path(tmp) / "weights"))
         for size in args.sizes:
             h, w = (int(v) for v in size.split("x"))
             records = {}
-            for path in ("quality", "tiled", "global"):
-                if path == "global" and h * w > args.skip_global_above:
-                    print(f"{size:11} {path:8}  skipped (above --skip-global-above)")
+            for path in paths:
+                if path in ("global", "scratch@base") and h * w > args.skip_global_above:
+                    print(f"{size:11} {path:12}  skipped (above --skip-global-above)")
                     continue
                 record = run_child(
-                    script, args.weights, size, path, args.threads, Path(tmp) / f"{size}_{path}.npy"
+                    script,
+                    args.weights,
+                    size,
+                    path,
+                    args.threads,
+                    Path(tmp) / f"{size}_{path}.npy",
+                    args.baseline,
                 )
                 if record is None:
                     continue
@@ -182,19 +226,20 @@ def main() -> int:
                     else float("nan")
                 )
                 print(
-                    f"{size:11} {path:8} {record['seconds']:9.1f}  {record['peak'] / 2**30:10.2f}  "
+                    f"{size:11} {path:12} {record['seconds']:9.1f}  {record['peak'] / 2**30:10.2f}  "
                     f"{ratio:9.2f}x  ({record['path']})"
                 )
-            if {"tiled", "global"} <= records.keys():
-                a = np.load(Path(tmp) / f"{size}_tiled.npy").astype(np.int16)
-                b = np.load(Path(tmp) / f"{size}_global.npy").astype(np.int16)
-                mse = float(((a - b) ** 2).mean())
-                psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
-                speedup = records["global"]["seconds"] / records["tiled"]["seconds"]
-                print(
-                    f"{size:11} tiled vs global: {speedup:.2f}x faster, "
-                    f"max |diff| {int(np.abs(a - b).max())} levels, PSNR {psnr:.1f} dB"
-                )
+            for new, old in (("tiled", "global"), ("global", "scratch@base"), ("quality", "quality@base")):
+                if {new, old} <= records.keys():
+                    a = np.load(Path(tmp) / f"{size}_{new}.npy").astype(np.int16)
+                    b = np.load(Path(tmp) / f"{size}_{old}.npy").astype(np.int16)
+                    mse = float(((a - b) ** 2).mean())
+                    psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
+                    speedup = records[old]["seconds"] / records[new]["seconds"]
+                    print(
+                        f"{size:11} {new} vs {old}: {speedup:.2f}x faster, "
+                        f"max |diff| {int(np.abs(a - b).max())} levels, PSNR {psnr:.1f} dB"
+                    )
     if args.folder is not None:
         folder_throughput(args.weights, args.folder, args.threads)
     return 0

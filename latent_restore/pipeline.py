@@ -53,8 +53,8 @@ from latent_restore.options import (
     check_finite_output,
 )
 from latent_restore.planning import (
-    ATTENTION_SHARE,
     BYTES_PER_PIXEL,
+    CONTEXT_OVERLAP,
     MIN_CONTEXT_TILE,
     PROBE_SIDE,
     TILE_OVERLAP,
@@ -68,8 +68,8 @@ from latent_restore.stores import ComponentStore, FaceStage
 from latent_restore.weights import Component
 
 __all__ = [
-    "ATTENTION_SHARE",
     "BYTES_PER_PIXEL",
+    "CONTEXT_OVERLAP",
     "MIN_CONTEXT_TILE",
     "TILE_OVERLAP",
     "ComponentStore",
@@ -295,11 +295,12 @@ class RestorationPipeline:
         if key not in self._conv_macs:
             modules = [self.components.get(c) for c in (Component.VAE_A, mapping, decoder)]
             probe = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE)
-            mask = (
-                torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE)
-                if mapping is not Component.MAPPING_QUALITY
-                else None
-            )
+            mask = None
+            if mapping is not Component.MAPPING_QUALITY:
+                # One hole pixel: a photo without holes skips the attention block and its
+                # residual convolutions, which a scratched photo pays for on every cell.
+                mask = torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE)
+                mask[..., PROBE_SIDE // 2, PROBE_SIDE // 2] = 1.0
             macs = count_conv_macs(modules, lambda: self.global_forward(mapping, decoder, probe, mask))
             self._conv_macs[key] = macs / PROBE_SIDE**2
         return self._conv_macs[key]
@@ -321,7 +322,7 @@ class RestorationPipeline:
         mapping: Component,
         decoder: Component,
         context: ScratchContext = ScratchContext.TILED,
-    ) -> tuple[str, int | None]:
+    ) -> tuple[str, int | None, int]:
         """:func:`latent_restore.planning.plan_global` for this path, with the loaded networks' sizes."""
         shape = self.network_shape(mapping)
         budget = (
@@ -341,6 +342,7 @@ class RestorationPipeline:
         hr: bool = False,
         context: ScratchContext = ScratchContext.TILED,
         progress: Progress | None = None,
+        tile: int | None = None,
     ) -> tuple[np.ndarray, str]:
         """Global restoration of float RGB ``H x W x 3`` in [0, 1] at its own size.
 
@@ -350,6 +352,8 @@ class RestorationPipeline:
             hr: with a mask, use the patch-attention mapping (and the released 7x7 mask dilation).
             context: how far the partial non-local block attends (see :class:`ScratchContext`).
             progress: told after each tile when the photo is tiled.
+            tile: cut into tiles of this side (with :data:`CONTEXT_OVERLAP`) whatever the plan
+                says: for measuring what tiling costs (``benchmarks/tiling_quality.py``).
 
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path taken.
@@ -364,7 +368,10 @@ class RestorationPipeline:
             m = torch.from_numpy(mask_u8.astype(np.float32) / 255.0)[None, None]
             rgb = rgb * (1.0 - m[0, 0].numpy()[..., None]) + m[0, 0].numpy()[..., None]
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
-        path, tile = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
+        if tile is None:
+            path, tile, overlap = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
+        else:
+            path, overlap = f"tiles {tile}x{tile}", CONTEXT_OVERLAP
         logger.info("global restoration: %s (%dx%d)", path, x.shape[-1], x.shape[-2])
 
         def forward(piece: torch.Tensor, piece_mask: torch.Tensor | None) -> torch.Tensor:
@@ -373,7 +380,7 @@ class RestorationPipeline:
         if tile is None:
             out = forward(x, m)
         else:
-            out = run_tiled(forward, x, m, tile, TILE_OVERLAP, progress.on_tile if progress else None)
+            out = run_tiled(forward, x, m, tile, overlap, progress.on_tile if progress else None)
         return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), path
 
     def restore_pix2pix(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:

@@ -3,9 +3,9 @@
 Memory first: :func:`estimate_global_bytes`, from the sizes the loaded networks' configs report
 (:class:`NetworkShape`), must fit the budget. Then time, for the partial non-local block of scratch
 mode under ``tiled`` context: whole-photo attention grows with the square of the pixel count, so
-the photo is cut into tiles whose attention costs at most :data:`ATTENTION_SHARE` of the
-convolutions' work. :data:`BYTES_PER_PIXEL` bounds what the whole-photo arrays cost on top, which
-sets the largest photo a run accepts by default.
+the plan models the work of every way of cutting the photo (each tile's convolutions, counted on a
+probe, plus its attention) and takes the cheapest. :data:`BYTES_PER_PIXEL` bounds what the
+whole-photo arrays cost on top, which sets the largest photo a run accepts by default.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ from latent_restore.options import ScratchContext
 logger = logging.getLogger(__name__)
 
 TILE_OVERLAP = 64
-ATTENTION_SHARE = 0.4
-"""With ``scratch_context=tiled``, the partial non-local block may cost at most this fraction of
-the convolutions' work: with detection and tile overlaps a scratched photo then costs about 1.5x
-its quality-mode time, whatever its size (whole-photo attention grows with the square of the
-pixel count)."""
+"""Overlap (pixels) of the tiles the memory plan cuts a photo into: wide enough that the blended
+seams match the one-piece result closely."""
+CONTEXT_OVERLAP = 32
+"""Overlap of the tiles the time plan cuts a scratched photo into. Attention within a tile differs
+from whole-photo attention anyway (it sees less context), so a wider overlap would buy little
+fidelity to it while every tile pays for its overlap again: with 32 px instead of 64 the modelled
+scratch/quality work falls from 2.1-2.3x to 1.84-1.93x between 1 and 12 MP at the released widths
+(of which 1.41x is the non-local block's own residual convolutions)."""
 MIN_CONTEXT_TILE = 256
 """Smallest tile side (pixels) the time plan cuts a scratched photo into: below it the attention
 would see too little undamaged context to fill a scratch from."""
@@ -126,6 +129,20 @@ def count_conv_macs(modules: Sequence[nn.Module], run: Callable[[], object]) -> 
     return count[0]
 
 
+def tiled_work(
+    height: int, width: int, tile: int, overlap: int, macs_per_pixel: float, shape: NetworkShape
+) -> float:
+    """Modelled multiply-accumulates of the global stage in ``tile``-sided tiles (one if it covers
+    the photo): every tile's convolutions plus, with attention, its ``2 C N^2`` for ``N`` cells."""
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    piece_h, piece_w = min(tile, height), min(tile, width)
+    work = macs_per_pixel * piece_h * piece_w
+    if shape.attention:
+        cells = math.ceil(piece_h / shape.multiple) * math.ceil(piece_w / shape.multiple)
+        work += 2 * shape.latent_width * cells**2
+    return len(rows) * len(cols) * work
+
+
 def plan_global(
     height: int,
     width: int,
@@ -134,62 +151,57 @@ def plan_global(
     macs_per_pixel: Callable[[], float],
     context: ScratchContext = ScratchContext.TILED,
     whole_path: str = "full",
-) -> tuple[str, int | None]:
+) -> tuple[str, int | None, int]:
     """Choose how to compute the global stage: in one piece, or tiles of what side.
 
     Memory first: the estimate of :func:`estimate_global_bytes` must fit ``budget``. Then time,
-    for the partial non-local block under ``tiled`` context: its work (``2 C N^2`` for ``N``
-    latent cells attended together) may be at most :data:`ATTENTION_SHARE` of the
-    convolutions' work, which bounds the tile side at ``m^2 sqrt(share * macs_per_pixel / 2C)``.
+    for the partial non-local block under ``tiled`` context: of one piece and every tile side from
+    :data:`MIN_CONTEXT_TILE` up whose tiles fit ``budget``, the one of least :func:`tiled_work`.
 
     Args:
         height, width: the photo's size.
         shape: the networks' sizes.
         budget: bytes the pass may use.
-        macs_per_pixel: the convolutions' work per photo pixel; called only when the time bound
+        macs_per_pixel: the convolutions' work per photo pixel; called only when the time plan
             applies (it may run a probe forward).
         context: ``tiled`` bounds the attention's time, ``global`` only its memory.
         whole_path: the path's name when the photo goes in one piece.
 
     Returns:
-        ``(path, tile)``: ``(whole_path, None)``, or ``("tiles SxS", S)``.
+        ``(path, tile, overlap)``: ``(whole_path, None, 0)``, or ``("tiles SxS", S, overlap)``.
 
     Raises:
         MemoryError: not even the smallest tile fits ``budget``.
     """
-    latent_width, multiple, attention = shape.latent_width, shape.multiple, shape.attention
     estimate = shape.estimate
-    time_tile = None
-    if attention and context is ScratchContext.TILED:
-        macs_per_pixel_value = macs_per_pixel()
-        cells = math.ceil(height / multiple) * math.ceil(width / multiple)
-        attention_macs = 2 * latent_width * cells**2
-        conv_macs = macs_per_pixel_value * height * width
-        if attention_macs > ATTENTION_SHARE * conv_macs:
-            side = multiple**2 * math.sqrt(ATTENTION_SHARE * macs_per_pixel_value / (2 * latent_width))
-            time_tile = max(MIN_CONTEXT_TILE, int(side) // multiple * multiple)
-            # Tiles pay their overlaps twice and at least MIN_CONTEXT_TILE each: on a photo
-            # only a little larger than a tile, one piece can still be cheaper.
-            tiles = len(tile_starts(height, time_tile, TILE_OVERLAP)) * len(
-                tile_starts(width, time_tile, TILE_OVERLAP)
+    fits_whole = estimate(height, width) <= budget
+    if shape.attention and context is ScratchContext.TILED and max(height, width) > MIN_CONTEXT_TILE:
+        per_pixel = macs_per_pixel()
+        whole = tiled_work(height, width, max(height, width), 0, per_pixel, shape)
+        sides = range(MIN_CONTEXT_TILE, max(height, width), shape.multiple)
+        works = [
+            (tiled_work(height, width, side, CONTEXT_OVERLAP, per_pixel, shape), side)
+            for side in sides
+            if estimate(side, side) <= budget
+        ]
+        work, side = min(works, default=(math.inf, 0))
+        if work < whole or (not fits_whole and works):
+            logger.info(
+                "scratch context: whole-photo attention would cost %.0f GMAC, %d px tiles %.0f GMAC "
+                "(%.2fx the %.0f GMAC of the convolutions alone); tiling (--scratch-context global "
+                "keeps it whole)",
+                whole / 1e9,
+                side,
+                work / 1e9,
+                work / (per_pixel * height * width),
+                per_pixel * height * width / 1e9,
             )
-            tile_cells = (time_tile // multiple) ** 2
-            tiled_macs = tiles * (2 * latent_width * tile_cells**2 + macs_per_pixel_value * time_tile**2)
-            if tiled_macs >= attention_macs + conv_macs:
-                time_tile = None
-    if estimate(height, width) <= budget and (time_tile is None or max(height, width) <= time_tile):
-        return whole_path, None
-    tile = time_tile if time_tile is not None else 2048
+            return f"tiles {side}x{side}", side, CONTEXT_OVERLAP
+    if fits_whole:
+        return whole_path, None, 0
+    tile = 2048
     while tile > MIN_CONTEXT_TILE and estimate(tile, tile) > budget:
-        tile = max(MIN_CONTEXT_TILE, tile // 2 // multiple * multiple)
-    if time_tile is not None:
-        logger.info(
-            "scratch context: whole-photo attention would cost %.1f GMAC against %.1f GMAC of "
-            "convolutions; attending within %d px tiles instead (--scratch-context global keeps it)",
-            attention_macs / 1e9,
-            conv_macs / 1e9,
-            tile,
-        )
+        tile = max(MIN_CONTEXT_TILE, tile // 2 // shape.multiple * shape.multiple)
     if estimate(tile, tile) > budget:
         raise MemoryError(f"not even a {tile}x{tile} tile fits in the {budget / 2**30:.1f} GiB available")
-    return f"tiles {tile}x{tile}", tile
+    return f"tiles {tile}x{tile}", tile, TILE_OVERLAP

@@ -176,22 +176,26 @@ def test_core_import_does_not_load_the_pipeline() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_scratch_plan_bounds_the_attention_work(tiny_weights) -> None:
-    from latent_restore.pipeline import ATTENTION_SHARE, MIN_CONTEXT_TILE, ScratchContext
+def test_scratch_plan_takes_the_least_modelled_work(tiny_weights) -> None:
+    from latent_restore.pipeline import CONTEXT_OVERLAP, MIN_CONTEXT_TILE, ScratchContext
+    from latent_restore.planning import tiled_work
 
     pipe = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
     mapping, decoder = Component.MAPPING_SCRATCH, Component.VAE_B_SCRATCH
     macs = pipe._conv_macs_per_pixel(mapping, decoder)
     assert macs > 0
-    multiple = pipe.components.get(Component.VAE_A).config.multiple
-    width = pipe.components.get(mapping).config.widths()[-1]
-    path, tile = pipe._plan(1536, 2048, mapping, decoder, ScratchContext.TILED)
-    assert path.startswith("tiles") and tile >= MIN_CONTEXT_TILE
-    cells = (tile // multiple) ** 2
-    assert tile == MIN_CONTEXT_TILE or 2 * width * cells**2 <= ATTENTION_SHARE * macs * tile * tile
-    assert pipe._plan(1536, 2048, mapping, decoder, ScratchContext.GLOBAL) == ("nonlocal", None)
+    shape = pipe.network_shape(mapping)
+    path, tile, overlap = pipe._plan(1536, 2048, mapping, decoder, ScratchContext.TILED)
+    assert path == f"tiles {tile}x{tile}" and tile >= MIN_CONTEXT_TILE and overlap == CONTEXT_OVERLAP
+    chosen = tiled_work(1536, 2048, tile, overlap, macs, shape)
+    assert chosen < tiled_work(1536, 2048, 2048, 0, macs, shape)  # cheaper than one piece
+    for side in range(MIN_CONTEXT_TILE, 2048, 4 * shape.multiple):  # and than any other side
+        assert chosen <= tiled_work(1536, 2048, side, overlap, macs, shape)
+    assert pipe._plan(1536, 2048, mapping, decoder, ScratchContext.GLOBAL) == ("nonlocal", None, 0)
     # Small photos keep whole-photo attention: it is cheap there.
-    assert pipe._plan(64, 96, mapping, decoder, ScratchContext.TILED) == ("nonlocal", None)
+    assert pipe._plan(64, 96, mapping, decoder, ScratchContext.TILED) == ("nonlocal", None, 0)
+    # Quality mode has no attention to bound.
+    assert pipe._plan(1536, 2048, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY)[0] == "full"
     # Same photo, both contexts: same size, close results.
     photo = _photo(300, 280)
     tiled = pipe(photo, RestorationOptions(with_scratch=True))
