@@ -51,7 +51,7 @@ class FaceGeneratorConfig:
             released checkpoints.
         mirror_average: in eval mode, average the outputs for the face and for its mirror image
             (a test-time self-ensemble: faces are close to symmetric, the network's errors are
-            not, so they partly cancel; twice the cost of the stage). Training runs one pass.
+            not, so they partly cancel; twice the generator's cost). Training runs one pass.
             ``False`` for the released checkpoints.
     """
 
