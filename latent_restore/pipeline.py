@@ -32,7 +32,14 @@ from PIL import Image
 from latent_restore import official
 from latent_restore.core.colour import MonochromeTone, luma
 from latent_restore.core.device import DeviceNotAvailableError, Precision, resolve_device
-from latent_restore.core.imaging import Photo, crop_to, pad_to_multiple, photo_from_array, quantize
+from latent_restore.core.imaging import (
+    Photo,
+    crop_to,
+    fill_holes,
+    pad_to_multiple,
+    photo_from_array,
+    quantize,
+)
 from latent_restore.core.memory import available_memory
 from latent_restore.core.tiling import run_tiled
 from latent_restore.devices import bf16_supported, inference_dtype
@@ -366,8 +373,9 @@ class RestorationPipeline:
             if hr:
                 mask_u8 = official.dilate_mask(mask_u8)
             m = torch.from_numpy(mask_u8.astype(np.float32) / 255.0)[None, None]
-            rgb = rgb * (1.0 - m[0, 0].numpy()[..., None]) + m[0, 0].numpy()[..., None]
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
+        if m is not None:
+            x = fill_holes(x, m)
         if tile is None:
             path, tile, overlap = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
         else:

@@ -26,6 +26,7 @@ from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.data import ImageDataConfig, PairedDataConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
+from latent_restore.core.imaging import fill_holes
 from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
@@ -245,7 +246,7 @@ class MappingTask(TrainTask):
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = self.config.loss
-        degraded, clean, mask = batch["degraded"], batch["clean"], batch["mask"]
+        degraded, clean, mask = _inputs(batch)
         with torch.no_grad():
             target = self.vae_b.encode(clean)
         mapped = self._map(ctx.models["mapping"], degraded, mask, ctx.models.get("encoder"))
@@ -266,7 +267,7 @@ class MappingTask(TrainTask):
         return {**result.logs(), "metric/latent_l1": latent_l1}
 
     def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
-        degraded, clean, mask = batch["degraded"][:4], batch["clean"][:4], batch["mask"][:4]
+        degraded, clean, mask = _inputs(batch, 4)
         restored = self.vae_b.decode(self._map(self.models["mapping"], degraded, mask))
         return {"degraded": degraded, "restored": restored, "clean": clean}
 
@@ -278,6 +279,17 @@ class MappingTask(TrainTask):
         if self.config.encoder_component is not None:
             weights[ENCODER_COMPONENT] = self.vae_a
         return weights
+
+
+def _inputs(batch: dict[str, Any], count: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``(degraded, clean, mask)`` of the first ``count`` samples, the defects painted white.
+
+    The pipeline paints the detected mask white before VAE A encodes a photo (the released
+    convention), so the mapping trains on the same picture of its holes; quality-mode masks are
+    all zero and change nothing.
+    """
+    degraded, clean, mask = (batch[key][:count] for key in ("degraded", "clean", "mask"))
+    return fill_holes(degraded, mask), clean, mask
 
 
 def build_mapping_task(config: MappingTrainingConfig, device: torch.device) -> MappingTask:

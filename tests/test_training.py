@@ -517,6 +517,26 @@ def test_scratch_mapping_variants_train_with_masks(
         assert torch.isfinite(net(torch.randn(1, 8, 8, 8), mask)).all()
 
 
+def test_scratch_mapping_encodes_the_holes_painted_white(tiny_vaes: tuple[Path, Path]) -> None:
+    """Training must show VAE A the holes as the pipeline will: painted white, whatever the defect."""
+    overrides = [f"vae_a={tiny_vaes[0]}", f"vae_b={tiny_vaes[1]}", "variant=nonlocal", "loss.ttur=false"]
+    task = build_mapping_task(
+        load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides), torch.device("cpu")
+    )
+    degraded = torch.full((2, 3, 32, 32), -0.5)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 4:9, 10:12] = 1
+    seen: list[torch.Tensor] = []
+    encode = task.vae_a.encode
+    task.vae_a.encode = lambda x: seen.append(x.clone()) or encode(x)  # type: ignore[method-assign]
+    batch = {"degraded": degraded, "clean": torch.zeros_like(degraded), "mask": mask}
+    task.samples(batch, None)  # type: ignore[arg-type]
+    (encoded,) = seen
+    holes = mask.expand_as(degraded) > 0
+    assert encoded[holes].eq(1).all() and encoded[~holes].eq(-0.5).all()
+    assert degraded.eq(-0.5).all()  # the batch itself is left as it was
+
+
 @needs_data
 def test_perceptual_loss_joins_training_when_weights_are_given(tmp_path: Path) -> None:
     torch.manual_seed(0)

@@ -51,6 +51,18 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return out[..., 0] if out.shape[-1] == 1 else out
 
 
+def fill_holes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Paint the defect pixels of ``x`` (``N x C x H x W`` in [-1, 1]) white, where ``mask`` > 0.
+
+    The scratch mappings see their holes this way: at inference the pipeline paints the detected
+    mask white before VAE A encodes the photo (the released convention, spec §3.2), so training
+    must paint the exact masks of the synthetic defects the same way (released ``--random_hole``
+    data, spec §8.1), or the network learns to fill defects it will never see and ignores the white strokes it
+    will.
+    """
+    return torch.where(mask > 0, torch.ones((), dtype=x.dtype, device=x.device), x)
+
+
 def pad_to_multiple(
     x: torch.Tensor, multiple: int, mode: str = "reflect", minimum: int = 0
 ) -> tuple[torch.Tensor, tuple[int, int]]:
