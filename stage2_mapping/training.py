@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,6 +85,9 @@ class MappingDataConfig(PairedDataConfig):
     no_defect_prob: float = 0.5
 
 
+logger = logging.getLogger(__name__)
+
+
 @dataclasses.dataclass
 class MappingLossConfig:
     """Loss weights and optimiser variant of the mapping (released values; spec §8.3).
@@ -139,6 +143,12 @@ class MappingTrainingConfig:
             remove noise and blur before the latent bottleneck. It gives up the latent alignment
             of real and synthetic old photos that VAE A's own training built, and every mapping
             run with that VAE A must then use the fine-tuned one (``--vae-a``).
+        init_from: ``None`` (the paper): the mapping starts random. A trained mapping's component
+            directory: every parameter with the same name and shape starts from it, the rest
+            random. A scratch mapping started from the quality mapping begins with the quality
+            mode's restoration of every cell the attention keeps (the partial non-local block
+            passes valid cells through), so its training only has the holes left to learn.
+            A resumed run takes everything from its checkpoint instead.
         model: keys of the variant's config class (:class:`MappingConfig`,
             :class:`NonLocalMappingConfig` or :class:`PatchAttentionMappingConfig`).
         discriminator: conditional image discriminator (spectral norm for the scratch models).
@@ -150,6 +160,7 @@ class MappingTrainingConfig:
     component: str | None = None
     decoder_component: str | None = None
     encoder_component: str | None = None
+    init_from: str | None = None
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
     loss: MappingLossConfig = dataclasses.field(default_factory=MappingLossConfig)
@@ -164,6 +175,25 @@ def build_mapping(variant: MappingVariant, model: Mapping[str, Any]) -> nn.Modul
     return network_cls(config_from_dict(config_cls, dict(model), where="model"))
 
 
+def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
+    """Copy into ``network`` every parameter of ``trained`` with the same name and shape.
+
+    Returns:
+        The names copied.
+
+    Raises:
+        ConfigError: nothing matches (the wrong component was named).
+    """
+    source = trained.state_dict()
+    target = network.state_dict()
+    copied = [k for k, v in target.items() if k in source and source[k].shape == v.shape]
+    if not copied:
+        raise ConfigError(f"init_from: no parameter of the {type(trained).__name__} fits the mapping")
+    network.load_state_dict({**target, **{k: source[k] for k in copied}})
+    logger.info("init_from: %d of %d tensors start from the trained mapping", len(copied), len(target))
+    return copied
+
+
 class MappingTask(TrainTask):
     """Mapping network + conditional multi-scale discriminator between two frozen VAEs."""
 
@@ -176,6 +206,8 @@ class MappingTask(TrainTask):
         vaes = [load_component(path, LatentAutoencoder, device) for path in (config.vae_a, config.vae_b)]
         self.vae_a, self.vae_b = (vae.requires_grad_(False) for vae in vaes)
         mapping = build_mapping(config.variant, config.model)
+        if config.init_from:
+            warm_start(mapping, load_component(config.init_from))
         channels = mapping.config.latent_channels
         for name, vae in (("vae_a", self.vae_a), ("vae_b", self.vae_b)):
             if vae.config.latent_channels != channels:

@@ -46,11 +46,15 @@ from stage1_vae.losses import balanced_masks, latent_discriminator_loss, latent_
 from stage1_vae.training import VAETrainingConfig
 from stage1_vae.training import build_task as build_vae_task
 from stage1_vae.vae import VAE, VAEConfig
+from stage2_mapping.mapping import MappingConfig, MappingNetwork
+from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig
 from stage2_mapping.training import (
     MappingTrainingConfig,
     ScratchTrainingConfig,
+    build_mapping,
     build_mapping_task,
     build_scratch_task,
+    warm_start,
 )
 
 TINY = REPO / "scripts" / "configs" / "tiny"
@@ -515,6 +519,39 @@ def test_scratch_mapping_variants_train_with_masks(
     mask[..., 8:20, 4:10] = 1
     with torch.no_grad():
         assert torch.isfinite(net(torch.randn(1, 8, 8, 8), mask)).all()
+
+
+def test_scratch_mapping_warm_started_from_the_quality_mapping(
+    tmp_path: Path, tiny_vaes: tuple[Path, Path]
+) -> None:
+    """init_from copies every matching layer: without a hole the scratch mapping is the quality one."""
+    torch.manual_seed(3)
+    quality = MappingNetwork(
+        MappingConfig(latent_channels=8, base_channels=8, max_channels=16, num_levels=1, num_blocks=2)
+    )
+    source = save_component(quality, tmp_path / "mapping_quality")
+    model = {"num_levels": 1, "num_blocks": 2, "nonlocal_res_blocks": 1}
+    overrides = [
+        f"vae_a={tiny_vaes[0]}",
+        f"vae_b={tiny_vaes[1]}",
+        "variant=nonlocal",
+        "loss.ttur=false",
+        f"init_from={source}",
+        *(f"model.{k}={v}" for k, v in model.items()),
+    ]
+    config = load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides)
+    mapping = build_mapping_task(config, torch.device("cpu")).models["mapping"].eval()
+    fresh = build_mapping(config.variant, config.model).state_dict()
+    for name, value in mapping.state_dict().items():
+        if name.startswith("nonlocal_block."):  # nothing to copy from: the block's own random start
+            assert value.shape == fresh[name].shape
+        else:
+            assert value.equal(quality.state_dict()[name]), name
+    latent = torch.randn(1, 8, 6, 7)
+    with torch.no_grad():
+        assert mapping(latent, torch.zeros(1, 1, 24, 28)).equal(quality(latent))
+    with pytest.raises(ConfigError, match="init_from"):
+        warm_start(mapping, ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)))
 
 
 def test_scratch_mapping_encodes_the_holes_painted_white(tiny_vaes: tuple[Path, Path]) -> None:
