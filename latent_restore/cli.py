@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--size", type=int, default=256, help="centre-crop side (default 256)")
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--with-scratch", action="store_true", help="add scratches, cracks, dust")
+    evaluation.add_argument(
+        "--hr", action="store_true", help="with --with-scratch: restore with the HR patch-attention mapping"
+    )
     evaluation.add_argument("--all", action="store_true", help="use every photo, not only the held-out split")
     evaluation.add_argument("--weights", help=WEIGHTS_HELP)
     evaluation.add_argument("--device", default="auto")

@@ -276,8 +276,16 @@ def eval_command(args: argparse.Namespace) -> int:
         return 2
     if args.faces:
         return _eval_faces(args, weights)
+    if args.hr and not args.with_scratch:
+        logger.error("--hr is a scratch mode: give --with-scratch too")
+        return 2
     protocol = EvalProtocol(
-        args.clean, size=args.size, seed=args.seed, with_scratch=args.with_scratch, held_out_only=not args.all
+        args.clean,
+        size=args.size,
+        seed=args.seed,
+        with_scratch=args.with_scratch,
+        hr=args.hr,
+        held_out_only=not args.all,
     )
     try:
         pipeline = RestorationPipeline.from_pretrained(weights, device=args.device, faces=False)

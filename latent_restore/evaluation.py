@@ -40,6 +40,7 @@ class EvalProtocol:
     size: int = 256
     seed: int = 0
     with_scratch: bool = False
+    hr: bool = False
     held_out_only: bool = True
     degradation: str = "DegradationConfig() default mix"
     methods_note: str = "latent-restore runs without face enhancement; baselines use OpenCV"
@@ -157,7 +158,9 @@ def grid_image(
 
 def _markdown(protocol: EvalProtocol, methods: dict[str, dict]) -> str:
     split_name = "held-out split" if protocol.held_out_only else "all photos"
-    scratches = "on" if protocol.with_scratch else "off"
+    scratches = (
+        ("on (HR patch-attention mapping)" if protocol.hr else "on") if protocol.with_scratch else "off"
+    )
     lines = [
         f"Clean photos: `{protocol.clean_dir}` ({split_name}), {protocol.size}x{protocol.size} centre crops, "
         f"seed {protocol.seed}, scratches {scratches}.",
@@ -201,7 +204,7 @@ def evaluate(
         The content of ``results.json``.
     """
     cases = build_cases(protocol)
-    options = RestorationOptions(with_scratch=protocol.with_scratch, faces=False)
+    options = RestorationOptions(with_scratch=protocol.with_scratch, hr=protocol.hr, faces=False)
     restorers: dict[str, Callable[[EvalCase], np.ndarray]] = {"input": lambda c: c.degraded}
     predicted_masks: dict[str, np.ndarray] = {}
 

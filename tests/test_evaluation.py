@@ -26,8 +26,9 @@ def clean_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("scratch", [False, True])
-def test_small_evaluation_runs_and_reports(tmp_path, tiny_weights, clean_dir, scratch) -> None:
+@pytest.mark.parametrize("flags", [[], ["--with-scratch"], ["--with-scratch", "--hr"]])
+def test_small_evaluation_runs_and_reports(tmp_path, tiny_weights, clean_dir, flags) -> None:
+    scratch = "--with-scratch" in flags
     args = [
         "eval",
         "--quiet",
@@ -40,9 +41,10 @@ def test_small_evaluation_runs_and_reports(tmp_path, tiny_weights, clean_dir, sc
         str(tiny_weights),
     ]
     out = tmp_path / "out"
-    assert main([*args, "--out", str(out), *(["--with-scratch"] if scratch else [])]) == 0
+    assert main([*args, "--out", str(out), *flags]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["size"] == 48 and results["num_images"] == 3
+    assert results["protocol"]["hr"] == ("--hr" in flags)
     expected = {"input", "latent-restore", "nlmeans", "nlmeans+levels"}
     expected |= {"nlmeans+inpaint", "nlmeans+inpaint+levels"} if scratch else set()
     assert set(results["methods"]) == expected
@@ -51,11 +53,18 @@ def test_small_evaluation_runs_and_reports(tmp_path, tiny_weights, clean_dir, sc
         assert np.isclose(scores["psnr"], np.mean([v["psnr"] for v in scores["per_image"].values()]))
         assert 0 < scores["ssim"] <= 1
     assert ("mask_f1" in results["methods"]["latent-restore"]) == scratch
-    assert "| latent-restore |" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "| latent-restore |" in report and ("HR patch-attention" in report) == ("--hr" in flags)
     assert (out / "grid.png").stat().st_size > 0
     again = tmp_path / "again"
-    main([*args, "--out", str(again), *(["--with-scratch"] if scratch else [])])
+    main([*args, "--out", str(again), *flags])
     assert json.loads((again / "results.json").read_text())["methods"]["input"] == results["methods"]["input"]
+
+
+def test_hr_evaluation_needs_scratches(tmp_path, tiny_weights, clean_dir) -> None:
+    args = ["eval", "--quiet", "--clean", str(clean_dir), "--weights", str(tiny_weights), "--hr"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
 
 
 def test_noise_estimate() -> None:
