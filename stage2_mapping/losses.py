@@ -19,7 +19,11 @@ def latent_l1_loss(mapped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def scratch_detection_loss(
-    logits: torch.Tensor, mask: torch.Tensor, pos_weight: float = 1.0, focal_gamma: float = 0.0
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: float = 1.0,
+    focal_gamma: float = 0.0,
+    dice_weight: float = 0.0,
 ) -> torch.Tensor:
     """Weighted binary cross-entropy with an optional focal factor (Lin et al. 2017).
 
@@ -33,9 +37,10 @@ def scratch_detection_loss(
         mask: ``N x 1 x H x W`` targets in {0, 1} (1 = scratch).
         pos_weight: weight of the scratch class.
         focal_gamma: focusing exponent; 0 gives weighted BCE.
+        dice_weight: weight of :func:`soft_dice_loss`, added to the per-pixel term.
 
     Returns:
-        The mean loss over pixels.
+        The mean per-pixel loss, plus the weighted Dice term.
     """
     logits = logits.float()
     mask = mask.float()
@@ -45,7 +50,25 @@ def scratch_detection_loss(
         prob = torch.sigmoid(logits)
         p_true = prob * mask + (1 - prob) * (1 - mask)
         bce = bce * (1 - p_true).pow(focal_gamma)
-    return bce.mean()
+    loss = bce.mean()
+    if dice_weight:
+        loss = loss + dice_weight * soft_dice_loss(logits, mask)
+    return loss
+
+
+def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - 2|P∩M| / (|P| + |M|)`` with probabilities for ``P``, over the whole batch.
+
+    A per-pixel loss scores every pixel alike; the mask F1 that decides whether holes get filled
+    counts only the scratch pixels and the false alarms. Dice is that F1 made differentiable, so
+    it pulls thin scratches' borders in and false alarms out where the per-pixel term is already
+    small. Pooled over the batch (not per image) so the defect-free crops of a batch, whose masks
+    are empty, count through their false alarms instead of making the ratio undefined.
+    """
+    prob = torch.sigmoid(logits.float())
+    mask = mask.float()
+    overlap = (prob * mask).sum()
+    return 1 - (2 * overlap + 1) / (prob.sum() + mask.sum() + 1)
 
 
 def mask_iou(logits: torch.Tensor, mask: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:

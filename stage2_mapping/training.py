@@ -343,10 +343,12 @@ class ScratchDataConfig(ImageDataConfig):
 
 @dataclasses.dataclass
 class ScratchLossConfig:
-    """Attributes: pos_weight: weight of scratch pixels; focal_gamma: focusing exponent (0: weighted BCE)."""
+    """Attributes: pos_weight: weight of scratch pixels; focal_gamma: focusing exponent (0: weighted BCE);
+    dice_weight: weight of the batch soft-Dice term (0: off, as released)."""
 
     pos_weight: float = 1.0
     focal_gamma: float = 2.0
+    dice_weight: float = 0.0
 
 
 @dataclasses.dataclass
@@ -387,8 +389,9 @@ class ScratchTask(TrainTask):
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         logits = ctx.models["detector"](batch["image"])
+        settings = self.config.loss
         loss = scratch_detection_loss(
-            logits, batch["mask"], self.config.loss.pos_weight, self.config.loss.focal_gamma
+            logits, batch["mask"], settings.pos_weight, settings.focal_gamma, settings.dice_weight
         )
         ctx.backward(loss)
         return {"loss/detection": loss, "metric/iou": mask_iou(logits.detach(), batch["mask"])}

@@ -46,6 +46,7 @@ from stage1_vae.losses import balanced_masks, latent_discriminator_loss, latent_
 from stage1_vae.training import VAETrainingConfig
 from stage1_vae.training import build_task as build_vae_task
 from stage1_vae.vae import VAE, VAEConfig
+from stage2_mapping.losses import scratch_detection_loss, soft_dice_loss
 from stage2_mapping.mapping import MappingConfig, MappingNetwork
 from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig
 from stage2_mapping.training import (
@@ -352,6 +353,24 @@ def test_gan_and_feature_matching_losses() -> None:
     real = [[torch.zeros(1, 2, 2, 2), zeros], [torch.zeros(1, 2, 2, 2), zeros]]
     # two scales x one intermediate layer x L1 of 1 x 10 x 1/2 x 4/(3+1)
     assert feature_matching_loss(fake, real, 10.0, 3) == pytest.approx(10.0)
+
+
+def test_scratch_detection_loss_terms() -> None:
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, 0, 3, :] = 1  # one thin scratch; the second crop has none
+    right, wrong = (torch.where(mask > 0, 9.0, -9.0), torch.where(mask > 0, -9.0, 9.0))
+    assert soft_dice_loss(right, mask) < 0.01 and soft_dice_loss(wrong, mask) > 0.99
+    # Dice counts the false alarms of the defect-free crop too (pooled over the batch).
+    alarms = right.clone()
+    alarms[1, 0, :2] = 9.0
+    assert soft_dice_loss(alarms, mask) > soft_dice_loss(right, mask) + 0.3
+    logits = torch.randn(2, 1, 8, 8)
+    plain = scratch_detection_loss(logits, mask, focal_gamma=2.0)
+    with_dice = scratch_detection_loss(logits, mask, focal_gamma=2.0, dice_weight=0.5)
+    assert torch.isclose(with_dice, plain + 0.5 * soft_dice_loss(logits, mask))
+    # The focal factor only shrinks each pixel's loss, most where the prediction is already right.
+    assert scratch_detection_loss(right, mask, focal_gamma=2.0) < 1e-6 < scratch_detection_loss(right, mask)
+    assert scratch_detection_loss(logits, mask, focal_gamma=2.0) < scratch_detection_loss(logits, mask)
 
 
 def test_latent_adversarial_labels_follow_the_paper() -> None:
