@@ -111,6 +111,31 @@ MIN_NETWORK_SIDE = 16
 DETECTOR_SHORT_SIDE = 256
 
 
+def scratch_probability(
+    detector: torch.nn.Module,
+    rgb: np.ndarray,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Defect probability (float32 ``H x W``) of float RGB ``H x W x 3`` by the scratch detector.
+
+    The detector runs at the scale it was trained for (short side :data:`DETECTOR_SHORT_SIDE`,
+    antialiased), padded to its multiple; the probabilities — not a thresholded mask — are
+    upsampled bilinearly, so large photos get smooth masks instead of the released pipeline's
+    blocky ones. The pipeline and the threshold calibration both threshold this map.
+    """
+    h, w = rgb.shape[:2]
+    gray = torch.from_numpy(np.ascontiguousarray(luma(rgb), dtype=np.float32))[None, None] * 2.0 - 1.0
+    scale = DETECTOR_SHORT_SIDE / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(gray, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    padded, small_size = pad_to_multiple(small, detector.config.multiple)
+    with torch.inference_mode():
+        logits = detector(padded.to(device, dtype)).to(torch.float32).cpu()
+    prob = torch.sigmoid(crop_to(logits, small_size))
+    return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
 class RestorationPipeline:
     """The whole restoration of one photo.
 
@@ -411,27 +436,17 @@ class RestorationPipeline:
 
         return colorize(self.components.get(Component.COLORIZE), rgb)
 
-    def detect_scratches(
-        self, rgb: np.ndarray, threshold: float = official.DETECTION_THRESHOLD
-    ) -> np.ndarray:
+    def detect_scratches(self, rgb: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Defect mask (bool ``H x W``) of float RGB ``H x W x 3``.
 
-        The detector runs at the scale it was trained for (short side 256, antialiased), padded to
-        its multiple; the probabilities — not the thresholded mask — are upsampled bilinearly, so
-        large photos get smooth masks instead of the released pipeline's blocky ones.
+        Args:
+            rgb: the photo.
+            threshold: defect probability from which a pixel is masked; ``None``: the detector's
+                own (:attr:`ScratchDetectorConfig.threshold`, the released 0.4 unless calibrated).
         """
         detector = self.components.get(Component.SCRATCH_DETECTOR)
-        h, w = rgb.shape[:2]
-        gray = torch.from_numpy(np.ascontiguousarray(luma(rgb), dtype=np.float32))[None, None] * 2.0 - 1.0
-        scale = DETECTOR_SHORT_SIDE / min(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        small = F.interpolate(gray, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-        padded, small_size = pad_to_multiple(small, detector.config.multiple)
-        with torch.inference_mode():
-            logits = detector(padded.to(self.device, self.dtype)).to(torch.float32).cpu()
-        prob = torch.sigmoid(crop_to(logits, small_size))
-        prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-        return (prob[0, 0] >= threshold).numpy()
+        prob = scratch_probability(detector, rgb, self.device, self.dtype)
+        return prob >= (detector.config.threshold if threshold is None else threshold)
 
     def __call__(
         self,

@@ -94,12 +94,17 @@ class ScratchDetectorConfig:
         out_channels: 1 (scratch logit).
         base_channels: channels after the stem; doubled at every level.
         depth: number of blur-pool levels; image sides must be multiples of ``2**depth``.
+        threshold: probability from which a pixel counts as a defect. 0.4 is the released value;
+            a detector trained with another loss has its own best value, which calibration finds
+            on photos it never saw (``scripts/calibrate_detector.py``) and stores here, so it
+            travels with the weights. Inference only: no tensor depends on it.
     """
 
     in_channels: int = 1
     out_channels: int = 1
     base_channels: int = 64
     depth: int = 4
+    threshold: float = 0.4
 
     @property
     def multiple(self) -> int:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from latent_restore.core.checkpoint import load_component, save_component
 from latent_restore.core.colour import MonochromeTone
 from latent_restore.core.components import Component
 from latent_restore.core.imaging import photo_from_array
 from latent_restore.core.tiling import run_tiled, tile_starts
+from latent_restore.detector_calibration import calibrate_threshold, with_threshold
 from latent_restore.options import planned_stages
 from latent_restore.pipeline import (
     Preset,
@@ -18,6 +22,7 @@ from latent_restore.pipeline import (
     RestorationPipeline,
     WeightsNotFoundError,
     estimate_global_bytes,
+    scratch_probability,
 )
 
 
@@ -232,3 +237,29 @@ def test_the_mode_is_resolved_once_from_the_flags() -> None:
     assert RestorationOptions(with_scratch=True, hr=True).mode is Mode.HR
     assert [MODES["quality"], MODES["scratch"], MODES["HR"]] == [m.components() for m in Mode]
     assert not Mode.QUALITY.detects_scratches and Mode.HR.detects_scratches
+
+
+def test_detector_threshold_is_calibrated_and_travels_with_the_weights(tmp_path, tiny_weights) -> None:
+    detector = load_component(tiny_weights / Component.SCRATCH_DETECTOR.value)
+    photos = [_photo(48, 40, seed) for seed in range(3)]
+    with torch.no_grad():  # spread the random detector's probabilities over (0, 1), centred on 0.5
+        prob = scratch_probability(detector, photos[0].astype(np.float32) / 255)
+        detector.head.bias.sub_(float(torch.logit(torch.tensor(np.median(prob), dtype=torch.float64))))
+        detector.head.weight.mul_(1000)
+        detector.head.bias.mul_(1000)
+    # Masks drawn from the detector itself at 0.55: calibration must find exactly that threshold.
+    cases = [(p, scratch_probability(detector, p.astype(np.float32) / 255) >= 0.55) for p in photos]
+    result = calibrate_threshold(detector, cases)
+    assert result.best == 0.55 and result.f1[0.55] == 1.0
+    assert all(f1 < 1.0 for t, f1 in result.f1.items() if t != 0.55)
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    shutil.rmtree(weights / Component.SCRATCH_DETECTOR.value)
+    save_component(with_threshold(detector, 0.55), weights / Component.SCRATCH_DETECTOR.value)
+    calibrated = RestorationPipeline.from_pretrained(weights, device="cpu", faces=False)
+    rgb = photos[0].astype(np.float32) / 255
+    assert np.array_equal(calibrated.detect_scratches(rgb), cases[0][1])
+    assert detector.config.threshold == 0.4  # the copy was calibrated, not the original
+    assert np.array_equal(
+        calibrated.detect_scratches(rgb, threshold=0.4), scratch_probability(detector, rgb) >= 0.4
+    )
