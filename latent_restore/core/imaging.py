@@ -57,8 +57,8 @@ def fill_holes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     The scratch mappings see their holes this way: at inference the pipeline paints the detected
     mask white before VAE A encodes the photo (the released convention, spec §3.2), so training
     must paint the exact masks of the synthetic defects the same way (released ``--random_hole``
-    data, spec §8.1), or the network learns to fill defects it will never see and ignores the white strokes it
-    will.
+    data, spec §8.1), or the network learns to fill defects it will never see and leaves the
+    white strokes it will see.
     """
     return torch.where(mask > 0, torch.ones((), dtype=x.dtype, device=x.device), x)
 
