@@ -36,6 +36,10 @@ class MappingConfig:
         num_blocks: residual blocks at full width.
         norm: normalisation after the widening and narrowing convolutions (released: instance;
             see :class:`~latent_restore.core.layers.Norm`).
+        global_context: modulate the widest features by the whole input's statistics
+            (:class:`GlobalContext`) before narrowing. Off in the released networks, which see
+            enough of the photo through four widening levels; a lite mapping's receptive field
+            is a few dozen pixels, too small to tell a faded or tinted photo from a pale one.
     """
 
     latent_channels: int = 64
@@ -44,6 +48,7 @@ class MappingConfig:
     num_levels: int = 4
     num_blocks: int = 6
     norm: Norm = Norm.INSTANCE
+    global_context: bool = False
 
     def __post_init__(self) -> None:
         self.norm = Norm(self.norm)
@@ -78,6 +83,32 @@ class PatchAttentionMappingConfig(MappingConfig):
     post_blocks: int = 2
 
 
+class GlobalContext(nn.Module):
+    """Per-channel scale and shift of a feature map from its global mean and standard deviation.
+
+    Fading, tints and lost contrast act on the whole photo; their correction depends on statistics
+    no convolution of a small receptive field can see. A two-layer perceptron maps each channel's
+    mean and deviation over the map to ``x * (1 + scale) + shift``; its last layer starts at zero,
+    so a network warm-started from one without this module begins with the same output.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(2 * channels, channels)
+        self.film = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std, mean = torch.std_mean(x, dim=(2, 3), correction=0)
+        scale, shift = self.film(F.relu(self.hidden(torch.cat([mean, std], 1)))).chunk(2, dim=1)
+        return x * (1 + scale[..., None, None]) + shift[..., None, None]
+
+
+def _global_context(config: MappingConfig) -> nn.Module:
+    return GlobalContext(config.widths()[-1]) if config.global_context else nn.Identity()
+
+
 def _expansion(config: MappingConfig) -> nn.ModuleList:
     w = config.widths()
     return nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 3, padding=1) for i in range(config.num_levels))
@@ -107,12 +138,13 @@ class MappingNetwork(nn.Module):
         self.config = config
         self.expand = _expansion(config)
         self.blocks = residual_stack(config.widths()[-1], config.num_blocks)
+        self.context = _global_context(config)
         self.contract = _contraction(config)
         self.out = _output_conv(config)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` is accepted for a uniform interface and ignored."""
-        h = self.blocks(_conv_in_relu(self.expand, z, self.config.norm))
+        h = self.context(self.blocks(_conv_in_relu(self.expand, z, self.config.norm)))
         return self.out(_conv_in_relu(self.contract, h, self.config.norm))
 
 
@@ -127,13 +159,14 @@ class NonLocalMappingNetwork(nn.Module):
         self.expand = _expansion(config)
         self.nonlocal_block = PartialNonLocalBlock(width, config.nonlocal_res_blocks)
         self.blocks = residual_stack(width, config.num_blocks)
+        self.context = _global_context(config)
         self.contract = _contraction(config)
         self.out = _output_conv(config)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: z latent ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution, 1 = scratch."""
         h = self.nonlocal_block(_conv_in_relu(self.expand, z, self.config.norm), mask)
-        h = self.blocks(h)
+        h = self.context(self.blocks(h))
         return self.out(_conv_in_relu(self.contract, h, self.config.norm))
 
 
@@ -152,6 +185,7 @@ class PatchAttentionMappingNetwork(nn.Module):
             residual_stack(width, config.inter_blocks) for _ in range(len(config.patch_sizes) - 1)
         )
         self.post_blocks = residual_stack(width, config.post_blocks)
+        self.context = _global_context(config)
         self.contract = _contraction(config)
         self.out = _output_conv(config)
 
@@ -162,5 +196,5 @@ class PatchAttentionMappingNetwork(nn.Module):
             if i > 0:
                 h = self.inter_blocks[i - 1](h)
             h = attention(h, mask)
-        h = self.post_blocks(h)
+        h = self.context(self.post_blocks(h))
         return self.out(_conv_in_relu(self.contract, h, self.config.norm))

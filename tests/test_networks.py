@@ -6,6 +6,8 @@ here fails :func:`test_every_registered_architecture_has_a_case`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -31,6 +33,8 @@ from stage2_mapping import (
     ScratchDetector,
     ScratchDetectorConfig,
 )
+from stage2_mapping.mapping import GlobalContext
+from stage2_mapping.training import warm_start
 
 TINY_MAPPING = {
     "latent_channels": 8,
@@ -172,3 +176,50 @@ def test_scratch_detector_blur_filters_are_binomial() -> None:
     filt = net.down[0].blur.filt
     assert filt.shape == (4, 1, 3, 3)
     torch.testing.assert_close(filt[0, 0], torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16)
+
+
+@pytest.mark.parametrize(
+    "network_cls", [MappingNetwork, NonLocalMappingNetwork, PatchAttentionMappingNetwork]
+)
+def test_global_context_starts_as_the_mapping_without_it(network_cls: type, tmp_path) -> None:
+    """Warm-started from a mapping without the branch, the output is unchanged; the flag round-trips."""
+    config_cls = {
+        MappingNetwork: MappingConfig,
+        NonLocalMappingNetwork: NonLocalMappingConfig,
+        PatchAttentionMappingNetwork: PatchAttentionMappingConfig,
+    }[network_cls]
+    extra = (
+        {"patch_sizes": (2,), "pre_blocks": 1, "post_blocks": 1}
+        if config_cls is PatchAttentionMappingConfig
+        else {}
+    )
+    config = config_cls(**{**TINY_MAPPING, "num_levels": 1}, **extra)
+    torch.manual_seed(0)
+    plain = network_cls(config).eval()
+    with_context = network_cls(dataclasses.replace(config, global_context=True)).eval()
+    assert warm_start(with_context, plain) == list(plain.state_dict())
+    z, mask = torch.randn(1, 8, 12, 10), _scratch_mask(1, 48, 40)
+    with torch.no_grad():
+        assert with_context(z, mask).equal(plain(z, mask))
+        torch.nn.init.normal_(with_context.context.film.weight, std=0.1)  # as training moves it off zero
+        assert not torch.allclose(with_context(z, mask), plain(z, mask))
+    save_component(with_context, tmp_path / "mapping")
+    loaded = load_component(tmp_path / "mapping").eval()
+    assert loaded.config.global_context
+    with torch.no_grad():
+        assert loaded(z, mask).equal(with_context(z, mask))
+
+
+def test_global_context_modulates_by_the_statistics_of_the_whole_map() -> None:
+    """Each channel's scale and shift come from its mean and deviation: where a value sits is ignored."""
+    torch.manual_seed(1)
+    context = GlobalContext(6)
+    torch.nn.init.normal_(context.film.weight, std=0.5)
+    x = torch.randn(2, 6, 9, 7)
+    with torch.no_grad():
+        out = context(x)
+        assert context(x.flip(-1, -2)).equal(out.flip(-1, -2))  # a permutation keeps the statistics
+        brighter = x.clone()
+        brighter[:, :, -1, -1] += 10.0  # one far cell changes every channel's mean and deviation
+        changed = context(brighter)[:, :, 0, 0] - out[:, :, 0, 0]
+        assert changed.abs().min() > 0
