@@ -149,6 +149,10 @@ class MappingTrainingConfig:
             mode's restoration of every cell the attention keeps (the partial non-local block
             passes valid cells through), so its training only has the holes left to learn.
             A resumed run takes everything from its checkpoint instead.
+        context_lr_scale: learning-rate factor of the mapping's global-context branch
+            (``model.global_context``). Warm-started, the branch begins at zero while the rest is
+            trained; at the shared rate its small, noisy gradients moved it too little in a
+            couple of thousand iterations to change the output.
         model: keys of the variant's config class (:class:`MappingConfig`,
             :class:`NonLocalMappingConfig` or :class:`PatchAttentionMappingConfig`).
         discriminator: conditional image discriminator (spectral norm for the scratch models).
@@ -161,6 +165,7 @@ class MappingTrainingConfig:
     decoder_component: str | None = None
     encoder_component: str | None = None
     init_from: str | None = None
+    context_lr_scale: float = 1.0
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
     loss: MappingLossConfig = dataclasses.field(default_factory=MappingLossConfig)
@@ -192,6 +197,16 @@ def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
     network.load_state_dict({**target, **{k: source[k] for k in copied}})
     logger.info("init_from: %d of %d tensors start from the trained mapping", len(copied), len(target))
     return copied
+
+
+def _parameter_groups(mapping: nn.Module, lr: float, context_lr_scale: float) -> list[dict[str, Any]]:
+    """The mapping's parameters, those of its global-context branch at ``lr * context_lr_scale``."""
+    context = [p for n, p in mapping.named_parameters() if n.startswith("context.")]
+    rest = [p for n, p in mapping.named_parameters() if not n.startswith("context.")]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if context:
+        groups.append({"params": context, "lr": lr * context_lr_scale})
+    return groups
 
 
 class MappingTask(TrainTask):
@@ -246,7 +261,9 @@ class MappingTask(TrainTask):
                         self.models[name].parameters(), optim, lr_scale=0.5, betas=(0.0, 0.9)
                     )
         else:
-            self.optimizers = {name: adam(m.parameters(), optim) for name, m in self.models.items()}
+            params = {name: m.parameters() for name, m in self.models.items()}
+            params["mapping"] = _parameter_groups(mapping, optim.lr, config.context_lr_scale)
+            self.optimizers = {name: adam(p, optim) for name, p in params.items()}
         self.vgg = build_vgg_loss(config.loss.vgg_weights, config.loss.vgg_weight)
         if self.vgg is not None:
             self.vgg.to(device)
