@@ -250,7 +250,12 @@ class MappingTask(TrainTask):
         optim = config.optim
         if config.loss.ttur:
             self.optimizers = {
-                "mapping": adam(mapping.parameters(), optim, lr_scale=0.5, betas=(0.0, 0.9)),
+                "mapping": adam(
+                    _parameter_groups(mapping, 0.5 * optim.lr, config.context_lr_scale),
+                    optim,
+                    lr_scale=0.5,
+                    betas=(0.0, 0.9),
+                ),
                 "discriminator": adam(
                     self.models["discriminator"].parameters(), optim, lr_scale=2.0, betas=(0.0, 0.9)
                 ),

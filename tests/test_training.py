@@ -573,12 +573,13 @@ def test_scratch_mapping_warm_started_from_the_quality_mapping(
         warm_start(mapping, ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)))
 
 
-def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("ttur", [False, True])
+def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Path], ttur: bool) -> None:
     """context_lr_scale puts the branch's parameters, and only those, in a group of their own rate."""
     overrides = [
         f"vae_a={tiny_vaes[0]}",
         f"vae_b={tiny_vaes[1]}",
-        "loss.ttur=false",
+        f"loss.ttur={str(ttur).lower()}",
         "model.num_levels=1",
         "model.global_context=true",
         "context_lr_scale=10",
@@ -587,7 +588,8 @@ def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Pat
     task = build_mapping_task(config, torch.device("cpu"))
     mapping = task.models["mapping"]
     groups = task.optimizers["mapping"].param_groups
-    assert [g["lr"] for g in groups] == [config.optim.lr, 10 * config.optim.lr]
+    base = config.optim.lr * (0.5 if ttur else 1.0)  # TTUR halves the generator's rate
+    assert [g["lr"] for g in groups] == pytest.approx([base, 10 * base])
     context = {id(p) for p in mapping.context.parameters()}
     assert {id(p) for p in groups[1]["params"]} == context
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(mapping.parameters()))
