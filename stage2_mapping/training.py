@@ -199,14 +199,23 @@ def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
     return copied
 
 
-def _parameter_groups(mapping: nn.Module, lr: float, context_lr_scale: float) -> list[dict[str, Any]]:
-    """The mapping's parameters, those of its global-context branch at ``lr * context_lr_scale``."""
-    context = [p for n, p in mapping.named_parameters() if n.startswith("context.")]
-    rest = [p for n, p in mapping.named_parameters() if not n.startswith("context.")]
-    groups: list[dict[str, Any]] = [{"params": rest}]
-    if context:
-        groups.append({"params": context, "lr": lr * context_lr_scale})
-    return groups
+def _mapping_adam(
+    mapping: nn.Module,
+    optim: OptimConfig,
+    context_lr_scale: float,
+    lr_scale: float = 1.0,
+    betas: tuple[float, float] | None = None,
+) -> torch.optim.Adam:
+    """Adam over the mapping, its global-context branch (if any) at ``context_lr_scale`` times the rate."""
+    groups: dict[bool, list[nn.Parameter]] = {False: [], True: []}
+    for name, param in mapping.named_parameters():
+        groups[name.startswith("context.")].append(param)
+    if not groups[True] and context_lr_scale != 1.0:
+        raise ConfigError("context_lr_scale needs a mapping with model.global_context: true")
+    params: list[dict[str, Any]] = [{"params": groups[False]}]
+    if groups[True]:
+        params.append({"params": groups[True], "lr": optim.lr * lr_scale * context_lr_scale})
+    return adam(params, optim, lr_scale=lr_scale, betas=betas)
 
 
 class MappingTask(TrainTask):
@@ -250,11 +259,8 @@ class MappingTask(TrainTask):
         optim = config.optim
         if config.loss.ttur:
             self.optimizers = {
-                "mapping": adam(
-                    _parameter_groups(mapping, 0.5 * optim.lr, config.context_lr_scale),
-                    optim,
-                    lr_scale=0.5,
-                    betas=(0.0, 0.9),
+                "mapping": _mapping_adam(
+                    mapping, optim, config.context_lr_scale, lr_scale=0.5, betas=(0.0, 0.9)
                 ),
                 "discriminator": adam(
                     self.models["discriminator"].parameters(), optim, lr_scale=2.0, betas=(0.0, 0.9)
@@ -266,9 +272,12 @@ class MappingTask(TrainTask):
                         self.models[name].parameters(), optim, lr_scale=0.5, betas=(0.0, 0.9)
                     )
         else:
-            params = {name: m.parameters() for name, m in self.models.items()}
-            params["mapping"] = _parameter_groups(mapping, optim.lr, config.context_lr_scale)
-            self.optimizers = {name: adam(p, optim) for name, p in params.items()}
+            self.optimizers = {
+                name: _mapping_adam(m, optim, config.context_lr_scale)
+                if name == "mapping"
+                else adam(m.parameters(), optim)
+                for name, m in self.models.items()
+            }
         self.vgg = build_vgg_loss(config.loss.vgg_weights, config.loss.vgg_weight)
         if self.vgg is not None:
             self.vgg.to(device)

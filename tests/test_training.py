@@ -593,6 +593,11 @@ def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Pat
     context = {id(p) for p in mapping.context.parameters()}
     assert {id(p) for p in groups[1]["params"]} == context
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(mapping.parameters()))
+    without_branch = [o for o in overrides if o != "model.global_context=true"]
+    with pytest.raises(ConfigError, match="context_lr_scale"):
+        build_mapping_task(
+            load_config(MappingTrainingConfig, TINY / "mapping.yaml", without_branch), torch.device("cpu")
+        )
 
 
 def test_scratch_mapping_encodes_the_holes_painted_white(tiny_vaes: tuple[Path, Path]) -> None:
