@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from latent_restore.core.data import (
@@ -20,6 +21,7 @@ from latent_restore.core.data import (
     augment,
     image_to_tensor,
     mask_to_tensor,
+    resize_short_side,
     to_grayscale,
 )
 from latent_restore.core.degradations import DegradationConfig, sample_degradation, with_defects
@@ -43,6 +45,12 @@ class ScratchDetectionDataset(PooledDataset):
         no_defect_prob: probability of a negative sample without defects.
         cache: keep decoded images in memory.
         exclude_held_out: leave out the held-out evaluation photos of each folder.
+        view_size: ``None``: defects are drawn on a ``crop_size`` crop of the photo at its own
+            resolution. A side ``V``: the photo is resized so its short side is ``V`` (the scale
+            at which the pipeline runs the detector, :data:`latent_restore.pipeline.DETECTOR_SHORT_SIDE`),
+            the degradation and the defects are drawn on a ``V x V`` square of it, and the sample
+            is a ``crop_size`` crop of that. The detector then learns defects and photo texture at
+            the sizes it meets them: a stain of a fifth of the photo, not of the crop.
 
     Items: ``{"image": 1 x S x S float32 in [-1, 1], "mask": 1 x S x S float32 {0, 1}}``.
     """
@@ -57,8 +65,12 @@ class ScratchDetectionDataset(PooledDataset):
         no_defect_prob: float = 0.0,
         cache: bool = False,
         exclude_held_out: bool = False,
+        view_size: int | None = None,
     ) -> None:
         super().__init__(clean_dirs, seed, length, cache=cache, exclude_held_out=exclude_held_out)
+        if view_size is not None and view_size < crop_size:
+            raise ValueError(f"view_size {view_size} is smaller than crop_size {crop_size}")
+        self.view_size = view_size
         config = degradation or DegradationConfig()
         config = dataclasses.replace(config, colour=dataclasses.replace(config.colour, prob=0.0))
         self.crop_size = crop_size
@@ -68,7 +80,15 @@ class ScratchDetectionDataset(PooledDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self.rng(index)
-        gray = to_grayscale(augment(self.source_image(index), self.crop_size, rng, grayscale_prob=0.0))
+        photo = self.source_image(index)
+        if self.view_size is not None:
+            photo = resize_short_side(photo, self.view_size)
+        gray = to_grayscale(augment(photo, self.view_size or self.crop_size, rng, grayscale_prob=0.0))
         defects = rng.random() >= self.no_defect_prob
         result = sample_degradation(gray, rng, self.defected if defects else self.plain)
-        return {"image": image_to_tensor(result.image[..., 0]), "mask": mask_to_tensor(result.mask)}
+        image, mask = result.image[..., 0], result.mask
+        if self.view_size is not None:
+            top, left = (int(v) for v in rng.integers(0, self.view_size - self.crop_size + 1, size=2))
+            window = np.s_[top : top + self.crop_size, left : left + self.crop_size]
+            image, mask = image[window], mask[window]
+        return {"image": image_to_tensor(np.ascontiguousarray(image)), "mask": mask_to_tensor(mask)}

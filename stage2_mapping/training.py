@@ -193,9 +193,11 @@ def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
     target = network.state_dict()
     copied = [k for k, v in target.items() if k in source and source[k].shape == v.shape]
     if not copied:
-        raise ConfigError(f"init_from: no parameter of the {type(trained).__name__} fits the mapping")
+        raise ConfigError(
+            f"init_from: no parameter of the {type(trained).__name__} fits the {type(network).__name__}"
+        )
     network.load_state_dict({**target, **{k: source[k] for k in copied}})
-    logger.info("init_from: %d of %d tensors start from the trained mapping", len(copied), len(target))
+    logger.info("init_from: %d of %d tensors start from the trained network", len(copied), len(target))
     return copied
 
 
@@ -365,11 +367,15 @@ class ScratchDataConfig(ImageDataConfig):
 
     Attributes:
         no_defect_prob: probability of a negative sample without defects.
+        view_size: 0: defects drawn on the crop at the photo's resolution; else the short side the
+            photo is first resized to, defects drawn on a square of that side (see
+            :class:`~stage2_mapping.data.ScratchDetectionDataset`).
 
     The degradation's defects are always on; the other fields are :class:`ImageDataConfig`'s.
     """
 
     no_defect_prob: float = 0.1
+    view_size: int = 0
 
 
 @dataclasses.dataclass
@@ -384,8 +390,14 @@ class ScratchLossConfig:
 
 @dataclasses.dataclass
 class ScratchTrainingConfig:
-    """Everything ``scripts/train_scratch.py`` reads."""
+    """Everything ``scripts/train_scratch.py`` reads.
 
+    ``init_from``: ``None``: the detector starts random; a trained detector's component directory:
+    every parameter of the same name and shape starts from it (:func:`warm_start`), so a new data
+    recipe can continue a trained detector instead of paying for its first thousand iterations.
+    """
+
+    init_from: str | None = None
     model: ScratchDetectorConfig = dataclasses.field(default_factory=ScratchDetectorConfig)
     loss: ScratchLossConfig = dataclasses.field(default_factory=ScratchLossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, beta1=0.9))
@@ -402,7 +414,10 @@ class ScratchTask(TrainTask):
         if config.data.crop_size % config.model.multiple:
             raise ConfigError(f"data.crop_size must be a multiple of {config.model.multiple}")
         self.config = config
-        self.models = {"detector": ScratchDetector(config.model).to(device)}
+        detector = ScratchDetector(config.model)
+        if config.init_from:
+            warm_start(detector, load_component(config.init_from))
+        self.models = {"detector": detector.to(device)}
         self.optimizers = {"detector": adam(self.models["detector"].parameters(), config.optim)}
 
     def dataset(self) -> Dataset:
@@ -416,6 +431,7 @@ class ScratchTask(TrainTask):
             no_defect_prob=data.no_defect_prob,
             cache=data.cache,
             exclude_held_out=data.exclude_held_out,
+            view_size=data.view_size or None,
         )
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:

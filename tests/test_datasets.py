@@ -21,6 +21,7 @@ from latent_restore.core.data import (
     load_rgb,
     random_crop,
     random_hflip,
+    resize_short_side,
     sample_rng,
     to_grayscale,
 )
@@ -285,6 +286,28 @@ def test_scratch_detection_dataset(clean_dir: Path) -> None:
         masks.append(item["mask"])
     assert sum(bool(m.any()) for m in masks) >= 5
     _check_determinism(make)
+
+
+def test_scratch_detection_view_shows_the_photo_at_the_detector_scale(tmp_path: Path) -> None:
+    """With view_size the crop is a window of the photo resized to that short side, not of the photo."""
+    folder = tmp_path / "large"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:96, 0:144]
+    photo = np.stack([(xx * 255 // 143), (yy * 255 // 95), ((xx + yy) * 3) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(photo).save(folder / "large.png")
+    view = to_grayscale(resize_short_side(photo, 32))[..., 0].astype(np.float32) / 127.5 - 1.0
+    windows = np.lib.stride_tricks.sliding_window_view(view, (16, 16)).reshape(-1, 16, 16)
+    dataset = ScratchDetectionDataset(
+        folder, 16, degradation=_photometric_off(), length=8, no_defect_prob=1.0, view_size=32
+    )
+    for i in range(len(dataset)):
+        item = dataset[i]
+        crop = item["image"][0].numpy()
+        assert not item["mask"].any()
+        distance = min(np.abs(windows - c).max(axis=(1, 2)).min() for c in (crop, crop[:, ::-1]))
+        assert distance < 1e-6, "the crop is no window of the resized photo"
+    with pytest.raises(ValueError, match="view_size"):
+        ScratchDetectionDataset(folder, 16, view_size=8)
 
 
 def test_face_pairs(tmp_path: Path) -> None:

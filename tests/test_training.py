@@ -573,6 +573,19 @@ def test_scratch_mapping_warm_started_from_the_quality_mapping(
         warm_start(mapping, ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)))
 
 
+def test_scratch_detector_warm_started_from_a_trained_one(tmp_path: Path) -> None:
+    """init_from continues a trained detector: every tensor starts from it."""
+    torch.manual_seed(5)
+    trained = ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2))
+    source = save_component(trained, tmp_path / "scratch_detector")
+    config = load_config(ScratchTrainingConfig, TINY / "scratch.yaml", [f"init_from={source}"])
+    detector = build_scratch_task(config, torch.device("cpu")).models["detector"]
+    for name, value in detector.state_dict().items():
+        assert value.equal(trained.state_dict()[name]), name
+    fresh = build_scratch_task(load_config(ScratchTrainingConfig, TINY / "scratch.yaml"), torch.device("cpu"))
+    assert not all(v.equal(trained.state_dict()[k]) for k, v in fresh.models["detector"].state_dict().items())
+
+
 @pytest.mark.parametrize("ttur", [False, True])
 def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Path], ttur: bool) -> None:
     """context_lr_scale puts the branch's parameters, and only those, in a group of their own rate."""

@@ -43,6 +43,7 @@ from latent_restore.core.data.sampling import (
     random_crop,
     random_grayscale,
     random_hflip,
+    resize_short_side,
     sample_rng,
     to_grayscale,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "random_grayscale",
     "random_hflip",
     "readable_images",
+    "resize_short_side",
     "sample_rng",
     "to_grayscale",
     "training_images",

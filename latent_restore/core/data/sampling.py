@@ -98,6 +98,22 @@ def center_square_resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(square, (size, size), interpolation=interpolation).reshape(size, size, *image.shape[2:])
 
 
+def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the short side is exactly ``size`` (area when shrinking, bicubic when growing).
+
+    Unlike :func:`fit_short_side` this also shrinks: it shows a network a photo at the scale an
+    inference path resizes it to.
+    """
+    height, width = image.shape[:2]
+    short = min(height, width)
+    if short == size:
+        return image
+    scale = size / short
+    new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    interpolation = cv2.INTER_AREA if short > size else cv2.INTER_CUBIC
+    return cv2.resize(image, new, interpolation=interpolation).reshape(new[1], new[0], *image.shape[2:])
+
+
 def random_hflip(image: np.ndarray, rng: np.random.Generator, prob: float = 0.5) -> np.ndarray:
     """Mirror left-right with probability ``prob`` (one draw from ``rng`` either way)."""
     if rng.random() < prob:
