@@ -1,14 +1,14 @@
-"""Scratched photos at real sizes: time and peak memory of whole-photo vs tiled attention, in one run.
+"""Scratched photos at real sizes: time and peak memory of whole-photo vs windowed attention, in one run.
 
     python benchmarks/scratch_speed.py [--weights DIR] [--sizes 512x512 1024x1024 2048x1536 4000x3000]
-        [--baseline CHECKOUT] [--folder ../shared/data/real_old] [--threads 2]
+        [--baseline CHECKOUT] [--folder ../shared/data/real_old] [--threads 2] [--memory-limit GIB]
 
 For each size it restores one synthetic photo with a realistic thin-scratch mask (about 4 % of the
 pixels: a few long thin scratches and dust) in several ways, each in a fresh process so that peak
 memory (``ru_maxrss``) is that path's own:
 
 * ``quality``: quality mode (no mask), the reference time;
-* ``tiled``: scratch mode with the time-aware plan (the default);
+* ``tiled``: scratch mode with the time-aware plan (the default: attention within windows);
 * ``global``: scratch mode attending over the whole photo (``--scratch-context global``, the
   released behaviour);
 * with ``--baseline`` (a checkout of an earlier commit, e.g. a ``git worktree``): ``quality@base``
@@ -19,7 +19,8 @@ It prints time, peak memory, the ratio of each path to quality mode, the speed-u
 difference between outputs. With ``--folder`` it also times a folder run with and without the I/O
 threads and checks their outputs are byte-identical. ``--weights`` defaults to the ones
 ``latent-restore run`` uses; ``--full-size`` writes the released architectures with seeded random
-values instead (timings only). Cases whose components are missing are reported and skipped.
+values instead (timings only); ``--memory-limit`` gives every path the same memory budget (the
+planner tiles what does not fit). Cases whose components are missing are reported and skipped.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ def one_case(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.one_size.split("x"))
-    pipeline = RestorationPipeline.from_pretrained(args.weights, device="cpu", faces=False)
+    limit = None if args.memory_limit is None else int(args.memory_limit * 2**30)
+    pipeline = RestorationPipeline.from_pretrained(
+        args.weights, device="cpu", faces=False, memory_limit=limit
+    )
     rgb = photo(height, width)
     mask = None if args.one_path.startswith("quality") else scratch_mask(height, width)
     if args.one_checkout:  # an earlier API: no scratch context, whole-photo attention
@@ -115,9 +119,17 @@ def one_case(args: argparse.Namespace) -> None:
 
 
 def run_child(
-    script: Path, weights: str | None, size: str, path: str, threads: int, save: Path, checkout: str | None
+    script: Path,
+    weights: str | None,
+    size: str,
+    path: str,
+    threads: int,
+    save: Path,
+    checkout: str | None,
+    memory_limit: float | None,
 ) -> dict | None:
     cmd = [sys.executable, str(script), "--one-size", size, "--one-path", path, "--threads", str(threads)]
+    cmd += [] if memory_limit is None else ["--memory-limit", str(memory_limit)]
     cmd += ["--save", str(save)] + (["--weights", weights] if weights else [])
     cmd += ["--one-checkout", checkout] if checkout and path.endswith("@base") else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -183,6 +195,7 @@ def main() -> int:
     )
     p.add_argument("--baseline", help="checkout of an earlier commit to time in the same run")
     p.add_argument("--full-size", action="store_true", help="released sizes, seeded random values")
+    p.add_argument("--memory-limit", type=float, help="GiB every path may use (default: what is free)")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
     p.add_argument("--one-checkout", help=argparse.SUPPRESS)
     p.add_argument("--one-path", help=argparse.SUPPRESS)
@@ -191,7 +204,8 @@ def main() -> int:
     if args.one_size:
         one_case(args)
         return 0
-    print(f"{date.today()} {cpu_name()}, {args.threads} threads")
+    limit = "what is free" if args.memory_limit is None else f"{args.memory_limit:g} GiB"
+    print(f"{date.today()} {cpu_name()}, {args.threads} threads, memory budget {limit}")
     script = Path(__file__).resolve()
     paths = ["quality", "tiled", "global"] + (["quality@base", "scratch@base"] if args.baseline else [])
     print("size        path          time (s)  peak (GiB)  vs quality")
@@ -216,6 +230,7 @@ def main() -> int:
                     args.threads,
                     Path(tmp) / f"{size}_{path}.npy",
                     args.baseline,
+                    args.memory_limit,
                 )
                 if record is None:
                     continue

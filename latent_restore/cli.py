@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scratch-context",
         choices=["tiled", "global"],
         default="tiled",
-        help="with --with-scratch: attend within tiles sized so scratch repair costs about 1.5x the "
+        help="with --with-scratch: attend within windows sized so scratch repair costs about 1.5x the "
         "quality mode (tiled, default) or over the whole photo (global: the released behaviour, "
         "hours on large scans)",
     )

@@ -23,7 +23,7 @@ class Preset(str, enum.Enum):
 class ScratchContext(str, enum.Enum):
     """How much of a scratched photo the partial non-local block attends over.
 
-    ``tiled`` cuts the photo into tiles where that costs less work than attending over it whole
+    ``tiled`` attends within windows sized so that scratch mode costs about 1.5x quality mode
     (see :func:`latent_restore.planning.plan_global`);
     ``global`` attends over the whole photo in one piece whenever memory allows (the released
     behaviour, slow on large photos).

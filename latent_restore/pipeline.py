@@ -61,10 +61,10 @@ from latent_restore.options import (
 )
 from latent_restore.planning import (
     BYTES_PER_PIXEL,
-    CONTEXT_OVERLAP,
-    MIN_CONTEXT_TILE,
     PROBE_SIDE,
     TILE_OVERLAP,
+    ConvWork,
+    GlobalPlan,
     NetworkShape,
     count_conv_macs,
     default_max_pixels,
@@ -73,11 +73,10 @@ from latent_restore.planning import (
 )
 from latent_restore.stores import ComponentStore, FaceStage
 from latent_restore.weights import Component
+from stage2_mapping.nonlocal_block import PartialNonLocalBlock
 
 __all__ = [
     "BYTES_PER_PIXEL",
-    "CONTEXT_OVERLAP",
-    "MIN_CONTEXT_TILE",
     "TILE_OVERLAP",
     "ComponentStore",
     "DeviceNotAvailableError",
@@ -164,7 +163,7 @@ class RestorationPipeline:
         self.dtype = dtype
         self.memory_limit = memory_limit
         self.max_pixels = max_pixels if max_pixels is not None else default_max_pixels(self.device)
-        self._conv_macs: dict[tuple[Component, Component], float] = {}
+        self._conv_macs: dict[tuple[Component, Component], ConvWork] = {}
 
     @classmethod
     def from_pretrained(
@@ -320,12 +319,13 @@ class RestorationPipeline:
             )
         return crop_to(out.to(torch.float32).cpu(), size)
 
-    def _conv_macs_per_pixel(self, mapping: Component, decoder: Component) -> float:
-        """Multiply-accumulates of the path's convolutions per photo pixel, counted once by hooks on a
-        probe image (the networks' sizes, not assumptions about them)."""
+    def _conv_work(self, mapping: Component, decoder: Component) -> ConvWork:
+        """The path's convolution work per photo pixel, counted once by hooks on a probe image (the
+        networks' sizes, not assumptions about them), with the attention block's share apart."""
         key = (mapping, decoder)
         if key not in self._conv_macs:
             modules = [self.components.get(c) for c in (Component.VAE_A, mapping, decoder)]
+            blocks = [m for m in modules[1].modules() if isinstance(m, PartialNonLocalBlock)]
             probe = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE)
             mask = None
             if mapping is not Component.MAPPING_QUALITY:
@@ -333,8 +333,11 @@ class RestorationPipeline:
                 # residual convolutions, which a scratched photo pays for on every cell.
                 mask = torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE)
                 mask[..., PROBE_SIDE // 2, PROBE_SIDE // 2] = 1.0
-            macs = count_conv_macs(modules, lambda: self.global_forward(mapping, decoder, probe, mask))
-            self._conv_macs[key] = macs / PROBE_SIDE**2
+            counts = [
+                count_conv_macs(group, lambda: self.global_forward(mapping, decoder, probe, mask))
+                for group in (modules, blocks)
+            ]
+            self._conv_macs[key] = ConvWork(*(c / PROBE_SIDE**2 for c in counts))
         return self._conv_macs[key]
 
     def network_shape(self, mapping: Component) -> NetworkShape:
@@ -354,7 +357,7 @@ class RestorationPipeline:
         mapping: Component,
         decoder: Component,
         context: ScratchContext = ScratchContext.TILED,
-    ) -> tuple[str, int | None, int]:
+    ) -> GlobalPlan:
         """:func:`latent_restore.planning.plan_global` for this path, with the loaded networks' sizes."""
         shape = self.network_shape(mapping)
         budget = (
@@ -364,7 +367,7 @@ class RestorationPipeline:
             mapping, "full"
         )
         return plan_global(
-            height, width, shape, budget, lambda: self._conv_macs_per_pixel(mapping, decoder), context, whole
+            height, width, shape, budget, lambda: self._conv_work(mapping, decoder), context, whole
         )
 
     def restore_global(
@@ -374,7 +377,7 @@ class RestorationPipeline:
         hr: bool = False,
         context: ScratchContext = ScratchContext.TILED,
         progress: Progress | None = None,
-        tile: int | None = None,
+        window: int | None = None,
     ) -> tuple[np.ndarray, str]:
         """Global restoration of float RGB ``H x W x 3`` in [0, 1] at its own size.
 
@@ -384,8 +387,8 @@ class RestorationPipeline:
             hr: with a mask, use the patch-attention mapping (and the released 7x7 mask dilation).
             context: how far the partial non-local block attends (see :class:`ScratchContext`).
             progress: told after each tile when the photo is tiled.
-            tile: cut into tiles of this side (with :data:`CONTEXT_OVERLAP`) whatever the plan
-                says: for measuring what tiling costs (``benchmarks/tiling_quality.py``).
+            window: attend within windows of this side (pixels) whatever the plan says: for
+                measuring what windows cost in quality (``benchmarks/tiling_quality.py``).
 
         Returns:
             The restored photo (float ``H x W x 3``) and the computation path taken.
@@ -401,19 +404,23 @@ class RestorationPipeline:
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
         if m is not None:
             x = fill_holes(x, m)
-        if tile is None:
-            path, tile, overlap = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
-        else:
-            path, overlap = f"tiles {tile}x{tile}", CONTEXT_OVERLAP
-        logger.info("global restoration: %s (%dx%d)", path, x.shape[-1], x.shape[-2])
+        plan = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
+        if window is not None:
+            cells = window // self.network_shape(mapping).multiple
+            plan = dataclasses.replace(plan, window=cells, path=f"{plan.path}, attention windows {window} px")
+        logger.info("global restoration: %s (%dx%d)", plan.path, x.shape[-1], x.shape[-2])
+        for block in self.components.get(mapping).modules():
+            if isinstance(block, PartialNonLocalBlock):
+                block.window = plan.window
 
         def forward(piece: torch.Tensor, piece_mask: torch.Tensor | None) -> torch.Tensor:
             return self.global_forward(mapping, decoder, piece, piece_mask)
 
-        if tile is None:
+        if plan.tile is None:
             out = forward(x, m)
         else:
-            out = run_tiled(forward, x, m, tile, overlap, progress.on_tile if progress else None)
+            out = run_tiled(forward, x, m, plan.tile, plan.overlap, progress.on_tile if progress else None)
+        path = plan.path
         return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), path
 
     def restore_pix2pix(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:

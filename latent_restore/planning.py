@@ -1,10 +1,12 @@
-"""How the global stage is computed: in one piece or in tiles, and of what side.
+"""How the global stage is computed: in one piece or in tiles, and how far scratch mode attends.
 
-Memory first: :func:`estimate_global_bytes`, from the sizes the loaded networks' configs report
-(:class:`NetworkShape`), must fit the budget. Then time, for the partial non-local block of scratch
-mode under ``tiled`` context: whole-photo attention grows with the square of the pixel count, so
-the plan models the work of every way of cutting the photo (each tile's convolutions, counted on a
-probe, plus its attention) and takes the cheapest. :data:`BYTES_PER_PIXEL` bounds what the
+Memory decides the pieces: :func:`estimate_global_bytes`, from the sizes the loaded networks'
+configs report (:class:`NetworkShape`), must fit the budget, else the photo goes in overlapping
+tiles. Time decides the attention: the partial non-local block of scratch mode, attending over a
+whole piece, grows with the square of its cells, so under ``tiled`` context the block attends
+within windows (:func:`attention_window`) as wide as keeps the modelled work of the scratch path
+within :data:`SCRATCH_TIME_RATIO` times that of quality mode. The convolutions still run over the
+whole piece once, so the windows cost no repeated overlap. :data:`BYTES_PER_PIXEL` bounds what the
 whole-photo arrays cost on top, which sets the largest photo a run accepts by default.
 """
 
@@ -19,7 +21,6 @@ import torch
 from torch import nn
 
 from latent_restore.core.memory import available_memory
-from latent_restore.core.tiling import tile_starts
 from latent_restore.options import ScratchContext
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,16 @@ logger = logging.getLogger(__name__)
 TILE_OVERLAP = 64
 """Overlap (pixels) of the tiles the memory plan cuts a photo into: wide enough that the blended
 seams match the one-piece result closely."""
-CONTEXT_OVERLAP = 32
-"""Overlap of the tiles the time plan cuts a scratched photo into. Attention within a tile differs
-from whole-photo attention anyway (it sees less context), so a wider overlap would buy little
-fidelity to it while every tile pays for its overlap again: with 32 px instead of 64 the modelled
-scratch/quality work falls from 2.1-2.3x to 1.84-1.93x between 1 and 12 MP at the released widths
-(of which 1.41x is the non-local block's own residual convolutions)."""
-MIN_CONTEXT_TILE = 256
-"""Smallest tile side (pixels) the time plan cuts a scratched photo into: below it the attention
-would see too little undamaged context to fill a scratch from."""
+SCRATCH_TIME_RATIO = 1.5
+"""Modelled work of scratch mode that the attention window keeps within, as a multiple of quality
+mode's on the same photo."""
+MIN_WINDOW_PIXELS = 64
+"""Narrowest attention window (photo pixels), below which the time ratio gives way: its query
+blocks of half of it see at least a quarter of it (16 px) of context on every side, about what a
+scratch mapping trained on 64 px crops ever attended over, and enough for the thin scratches and
+specks the detector marks."""
+MIN_TILE = 256
+"""Smallest tile side (pixels) the memory plan cuts a photo into."""
 PROBE_SIDE = 64
 """Side of the probe image whose convolution work (counted by hooks) gives each path's cost per pixel."""
 
@@ -129,18 +131,60 @@ def count_conv_macs(modules: Sequence[nn.Module], run: Callable[[], object]) -> 
     return count[0]
 
 
-def tiled_work(
-    height: int, width: int, tile: int, overlap: int, macs_per_pixel: float, shape: NetworkShape
-) -> float:
-    """Modelled multiply-accumulates of the global stage in ``tile``-sided tiles (one if it covers
-    the photo): every tile's convolutions plus, with attention, its ``2 C N^2`` for ``N`` cells."""
-    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    piece_h, piece_w = min(tile, height), min(tile, width)
-    work = macs_per_pixel * piece_h * piece_w
-    if shape.attention:
-        cells = math.ceil(piece_h / shape.multiple) * math.ceil(piece_w / shape.multiple)
-        work += 2 * shape.latent_width * cells**2
-    return len(rows) * len(cols) * work
+@dataclass(frozen=True)
+class ConvWork:
+    """Convolution work of a path, per photo pixel, counted by hooks on a probe.
+
+    Attributes:
+        total: multiply-accumulates of every convolution of the path.
+        attention: those of the attention block's own convolutions (its projection and residual
+            blocks), which quality mode does not have.
+    """
+
+    total: float
+    attention: float = 0.0
+
+
+@dataclass(frozen=True)
+class GlobalPlan:
+    """How the global stage runs.
+
+    Attributes:
+        path: what the log and the results call it.
+        tile: tile side in pixels, or ``None`` for one piece.
+        overlap: overlap of the tiles (pixels).
+        window: attention window in latent cells (see
+            :func:`stage2_mapping.nonlocal_block.partial_attention`), or ``None`` for attention
+            over the whole piece.
+    """
+
+    path: str
+    tile: int | None = None
+    overlap: int = 0
+    window: int | None = None
+
+
+def attention_work(cells: int, window_cells: int, latent_width: int) -> float:
+    """Modelled multiply-accumulates of the attention over ``cells`` queries each seeing
+    ``window_cells`` keys: ``2 C`` per query-key pair, plus the three ``C x C`` projections."""
+    return 2.0 * latent_width * cells * window_cells + 3.0 * latent_width**2 * cells
+
+
+def attention_window(
+    height: int, width: int, shape: NetworkShape, work: ConvWork, ratio: float = SCRATCH_TIME_RATIO
+) -> int | None:
+    """The attention window (latent cells) for an ``height x width`` piece, or ``None`` for all of it.
+
+    The widest window whose modelled attention keeps ``work.total`` plus the attention within
+    ``ratio`` times quality mode's convolutions (``work.total - work.attention``), never narrower
+    than :data:`MIN_WINDOW_PIXELS`; ``None`` when that window spans the piece anyway.
+    """
+    m = shape.multiple
+    rows, cols = math.ceil(height / m), math.ceil(width / m)
+    per_cell = (ratio * (work.total - work.attention) - work.total) * m * m - 3.0 * shape.latent_width**2
+    side = math.isqrt(max(0, int(per_cell / (2.0 * shape.latent_width))))
+    side = max(side, math.ceil(MIN_WINDOW_PIXELS / m)) // 2 * 2
+    return None if side >= max(rows, cols) else side
 
 
 def plan_global(
@@ -148,60 +192,57 @@ def plan_global(
     width: int,
     shape: NetworkShape,
     budget: int,
-    macs_per_pixel: Callable[[], float],
+    conv_work: Callable[[], ConvWork],
     context: ScratchContext = ScratchContext.TILED,
     whole_path: str = "full",
-) -> tuple[str, int | None, int]:
-    """Choose how to compute the global stage: in one piece, or tiles of what side.
+) -> GlobalPlan:
+    """Choose how to compute the global stage: in one piece or tiles, and the attention window.
 
-    Memory first: the estimate of :func:`estimate_global_bytes` must fit ``budget``. Then time,
-    for the partial non-local block under ``tiled`` context: of one piece and every tile side from
-    :data:`MIN_CONTEXT_TILE` up whose tiles fit ``budget``, the one of least :func:`tiled_work`.
+    Memory: one piece if the estimate of :func:`estimate_global_bytes` fits ``budget``, else the
+    largest tiles that fit, overlapping by :data:`TILE_OVERLAP`. Time, for the partial non-local
+    block under ``tiled`` context: the window of :func:`attention_window` for each piece.
 
     Args:
         height, width: the photo's size.
         shape: the networks' sizes.
         budget: bytes the pass may use.
-        macs_per_pixel: the convolutions' work per photo pixel; called only when the time plan
-            applies (it may run a probe forward).
-        context: ``tiled`` bounds the attention's time, ``global`` only its memory.
+        conv_work: the path's convolution work per pixel; called only when a window is chosen (it
+            may run a probe forward).
+        context: ``tiled`` bounds the attention's time, ``global`` attends over every piece whole.
         whole_path: the path's name when the photo goes in one piece.
-
-    Returns:
-        ``(path, tile, overlap)``: ``(whole_path, None, 0)``, or ``("tiles SxS", S, overlap)``.
 
     Raises:
         MemoryError: not even the smallest tile fits ``budget``.
     """
     estimate = shape.estimate
-    fits_whole = estimate(height, width) <= budget
-    if shape.attention and context is ScratchContext.TILED and max(height, width) > MIN_CONTEXT_TILE:
-        per_pixel = macs_per_pixel()
-        whole = tiled_work(height, width, max(height, width), 0, per_pixel, shape)
-        sides = range(MIN_CONTEXT_TILE, max(height, width), shape.multiple)
-        works = [
-            (tiled_work(height, width, side, CONTEXT_OVERLAP, per_pixel, shape), side)
-            for side in sides
-            if estimate(side, side) <= budget
-        ]
-        work, side = min(works, default=(math.inf, 0))
-        if work < whole or (not fits_whole and works):
+    tile, overlap = None, 0
+    if estimate(height, width) > budget:
+        tile = 2048
+        while tile > MIN_TILE and estimate(tile, tile) > budget:
+            tile = max(MIN_TILE, tile // 2 // shape.multiple * shape.multiple)
+        if estimate(tile, tile) > budget:
+            raise MemoryError(f"not even a {tile}x{tile} tile fits in the {budget / 2**30:.1f} GiB available")
+        overlap = TILE_OVERLAP
+    path = whole_path if tile is None else f"tiles {tile}x{tile}"
+    window = None
+    if shape.attention and context is ScratchContext.TILED:
+        piece_h, piece_w = (height, width) if tile is None else (min(tile, height), min(tile, width))
+        work = conv_work()
+        window = attention_window(piece_h, piece_w, shape, work)
+        if window is not None:
+            m = shape.multiple
+            cells = math.ceil(piece_h / m) * math.ceil(piece_w / m)
+            convs = work.total * piece_h * piece_w
+            quality = (work.total - work.attention) * piece_h * piece_w
+            windowed = convs + attention_work(cells, window * window, shape.latent_width)
+            whole = convs + attention_work(cells, cells, shape.latent_width)
             logger.info(
-                "scratch context: whole-photo attention would cost %.0f GMAC, %d px tiles %.0f GMAC "
-                "(%.2fx the %.0f GMAC of the convolutions alone); tiling (--scratch-context global "
-                "keeps it whole)",
-                whole / 1e9,
-                side,
-                work / 1e9,
-                work / (per_pixel * height * width),
-                per_pixel * height * width / 1e9,
+                "scratch context: attention within %d px windows, modelled %.2fx quality mode's work "
+                "(whole-%s attention %.2fx; --scratch-context global keeps it)",
+                window * m,
+                windowed / quality,
+                "photo" if tile is None else "tile",
+                whole / quality,
             )
-            return f"tiles {side}x{side}", side, CONTEXT_OVERLAP
-    if fits_whole:
-        return whole_path, None, 0
-    tile = 2048
-    while tile > MIN_CONTEXT_TILE and estimate(tile, tile) > budget:
-        tile = max(MIN_CONTEXT_TILE, tile // 2 // shape.multiple * shape.multiple)
-    if estimate(tile, tile) > budget:
-        raise MemoryError(f"not even a {tile}x{tile} tile fits in the {budget / 2**30:.1f} GiB available")
-    return f"tiles {tile}x{tile}", tile, TILE_OVERLAP
+            path += f", attention windows {window * m} px"
+    return GlobalPlan(path, tile, overlap, window)

@@ -18,6 +18,7 @@ import enum
 import functools
 import logging
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,7 @@ def partial_attention(
     phi: nn.Conv2d,
     g: nn.Conv2d,
     max_chunk_bytes: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Masked, renormalised dot-product attention through the fused attention kernel.
 
@@ -144,6 +146,13 @@ def partial_attention(
         theta, phi, g: the block's 1x1 projections.
         max_chunk_bytes: scratch memory for one chunk of query rows; ``None`` = a quarter of the
             memory available on ``x``'s device, capped at 256 MiB.
+        window: ``None``, or a map no larger than ``window`` cells on its long side: every query
+            attends over the whole map (the released block). Otherwise the queries go in blocks
+            of ``window // 2`` cells a side, and each block attends over a ``window``-sided square
+            of keys around it (shifted inward at the borders, so it always has the full side): the
+            softmax, the validity weights and the renormalisation are the released ones, over
+            that square. The work per query is then bounded by ``window ** 2`` instead of growing
+            with the photo (:func:`windowed_attention_blocks`).
 
     Returns:
         ``N x C' x h x w`` (``C'`` = ``g.out_channels``), channels-last.
@@ -156,7 +165,9 @@ def partial_attention(
         t.requires_grad for t in (x, theta.weight, phi.weight, g.weight)
     )
     if not fused_kernel_available(x.device, x.dtype, width, requires_grad):
-        return partial_attention_chunked(x, valid, theta, phi, g, max_chunk_bytes)
+        return attend_in_windows(
+            lambda xs, vs: partial_attention_chunked(xs, vs, theta, phi, g, max_chunk_bytes), x, valid, window
+        )
     # Per query row: the queries, the kernel's output and (under autograd) the divided result.
     rows = _chunk_rows(cells, 3 * width * x.element_size(), _chunk_budget(x, max_chunk_bytes))
     q_bias, q_weight = _padded_projection(theta, c, width)
@@ -164,31 +175,102 @@ def partial_attention(
     v_bias, v_weight = _padded_projection(g, c, width)
     out = torch.empty(n, h, w, dv, dtype=x.dtype, device=x.device)
     inplace = not torch.is_grad_enabled()  # writing through out= is not differentiable
+    blocks = windowed_attention_blocks(h, w, window)
     for b in range(n):
         cells_x = _cells(x[b : b + 1])
         weight = valid[b].reshape(cells, 1).to(x.dtype)
-        out_b = out[b].view(cells, dv)
         if inplace and not bool(weight.any()):
-            out_b.zero_()  # no valid cell: every row of A' is zero, as released
+            out[b].zero_()  # no valid cell: every row of A' is zero, as released
             continue
-        keys = torch.addmm(k_bias, cells_x, k_weight)[None, None]
+        keys = torch.addmm(k_bias, cells_x, k_weight)
         values = torch.addmm(v_bias, cells_x, v_weight)
         values[:, :dv] *= weight
         values[:, dv : dv + 1] = weight
-        values = values[None, None]
-        for start in range(0, cells, rows):
-            stop = min(start + rows, cells)
-            queries = torch.addmm(q_bias, cells_x[start:stop], q_weight)[None, None]
-            with sdpa_kernel(FUSED_BACKENDS):
-                fused = F.scaled_dot_product_attention(queries, keys, values, scale=1.0)[0, 0]
-            mass = fused[:, dv : dv + 1].clamp_min(RENORMALIZE_EPS)
-            if inplace:
-                torch.div(fused[:, :dv], mass, out=out_b[start:stop])
-            else:
-                out_b[start:stop] = fused[:, :dv] / mass
-            del fused, queries
+        keys, values = keys.view(h, w, width), values.view(h, w, width)
+        grid_x = cells_x.view(h, w, c)
+        for (rows_at, cols_at), keys_at in blocks:
+            block_x = grid_x[rows_at, cols_at]
+            block_keys = keys[keys_at].reshape(1, 1, -1, width)
+            block_values = values[keys_at].reshape(1, 1, -1, width)
+            # Chunks of whole block rows, so each chunk's result lands in a rectangle of ``out``.
+            span = block_x.shape[1]
+            step = max(1, rows // span)
+            for top in range(0, block_x.shape[0], step):
+                chunk = block_x[top : top + step]
+                queries = torch.addmm(q_bias, chunk.reshape(-1, c), q_weight)[None, None]
+                with sdpa_kernel(FUSED_BACKENDS):
+                    fused = F.scaled_dot_product_attention(queries, block_keys, block_values, scale=1.0)[0, 0]
+                del queries
+                fused = fused.view(chunk.shape[0], span, width)
+                mass = fused[..., dv : dv + 1].clamp_min(RENORMALIZE_EPS)
+                target = (slice(rows_at.start + top, rows_at.start + top + chunk.shape[0]), cols_at)
+                if inplace:
+                    torch.div(fused[..., :dv], mass, out=out[b][target])
+                else:
+                    out[b][target] = fused[..., :dv] / mass
+                del fused, mass
+            del block_keys, block_values
         del keys, values
     return out.permute(0, 3, 1, 2)
+
+
+Window = tuple[slice, slice]
+
+
+def windowed_attention_blocks(height: int, width: int, window: int | None) -> list[tuple[Window, Window]]:
+    """The query blocks of a ``height x width`` map and the key square each attends over.
+
+    ``None`` or a map no larger than ``window`` on its long side: one block, the whole map,
+    attending over the whole map. Otherwise blocks of ``window // 2`` cells a side in raster
+    order, each with the ``window``-sided square (``min(window, side)`` where the map is thinner)
+    centred on it as far as the map's borders allow.
+    """
+    if window is None or max(height, width) <= window:
+        whole = (slice(0, height), slice(0, width))
+        return [(whole, whole)]
+    if window < 2:
+        raise ValueError(f"attention window must be at least 2 cells, got {window}")
+    step = window // 2
+    margin = (window - step) // 2
+
+    def spans(size: int) -> list[tuple[slice, slice]]:
+        side = min(window, size)
+        out = []
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            key_start = min(max(start - margin, 0), size - side)
+            out.append((slice(start, stop), slice(key_start, key_start + side)))
+        return out
+
+    return [((qy, qx), (ky, kx)) for qy, ky in spans(height) for qx, kx in spans(width)]
+
+
+def attend_in_windows(
+    attend: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """A whole-map attention ``attend(x, valid)`` restricted to the windows of
+    :func:`windowed_attention_blocks`: each query block keeps its rows of ``attend`` run on its key
+    square. The straightforward form of what :func:`partial_attention` does in place; it serves
+    the chunked and full-matrix kernels (and the tests, as the reference of the windowed rule).
+    """
+    n, _, h, w = x.shape
+    blocks = windowed_attention_blocks(h, w, window)
+    if len(blocks) == 1:
+        return attend(x, valid)
+    out: torch.Tensor | None = None
+    for (rows_at, cols_at), (key_rows, key_cols) in blocks:
+        y = attend(x[..., key_rows, key_cols], valid[..., key_rows, key_cols])
+        if out is None:
+            out = y.new_empty(n, y.shape[1], h, w).contiguous(memory_format=torch.channels_last)
+        top, left = rows_at.start - key_rows.start, cols_at.start - key_cols.start
+        out[..., rows_at, cols_at] = y[
+            ..., top : top + rows_at.stop - rows_at.start, left : left + cols_at.stop - cols_at.start
+        ]
+    assert out is not None
+    return out
 
 
 def partial_attention_chunked(
@@ -263,6 +345,9 @@ class PartialNonLocalBlock(nn.Module):
     Attributes:
         max_chunk_bytes: scratch-memory cap for one chunk of query rows (``None`` = automatic).
         kernel: how the attention is evaluated (:class:`AttentionKernel`; all agree).
+        window: ``None`` (the released block): every cell attends over the whole map. A side in
+            latent cells: attention within windows of that side (:func:`partial_attention`), so
+            its time grows with the photo's area, not its square; set by the pipeline's plan.
     """
 
     def __init__(self, channels: int, num_res_blocks: int = 3) -> None:
@@ -274,6 +359,7 @@ class PartialNonLocalBlock(nn.Module):
         self.blocks = residual_stack(channels, num_res_blocks)
         self.max_chunk_bytes: int | None = None
         self.kernel = AttentionKernel.FUSED
+        self.window: int | None = None
 
     @property
     def naive(self) -> bool:
@@ -287,10 +373,25 @@ class PartialNonLocalBlock(nn.Module):
     def attention(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The attention output ``y`` before the projection (``N x C x h x w``), by :attr:`kernel`."""
         kernel = AttentionKernel(self.kernel)
+        if kernel is AttentionKernel.FUSED:
+            return partial_attention(
+                x, valid, self.theta, self.phi, self.g, self.max_chunk_bytes, self.window
+            )
         if kernel is AttentionKernel.FULL:
-            return partial_attention_naive(x, valid, self.theta, self.phi, self.g)
-        attend = partial_attention if kernel is AttentionKernel.FUSED else partial_attention_chunked
-        return attend(x, valid, self.theta, self.phi, self.g, self.max_chunk_bytes)
+            return attend_in_windows(
+                lambda xs, vs: partial_attention_naive(xs, vs, self.theta, self.phi, self.g),
+                x,
+                valid,
+                self.window,
+            )
+        return attend_in_windows(
+            lambda xs, vs: partial_attention_chunked(
+                xs, vs, self.theta, self.phi, self.g, self.max_chunk_bytes
+            ),
+            x,
+            valid,
+            self.window,
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: x ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution (1 = scratch)."""

@@ -11,11 +11,13 @@ from stage2_mapping import nonlocal_block
 from stage2_mapping.nonlocal_block import (
     AttentionKernel,
     PartialNonLocalBlock,
+    attend_in_windows,
     fused_kernel_available,
     partial_attention,
     partial_attention_chunked,
     partial_attention_naive,
     validity_map,
+    windowed_attention_blocks,
 )
 from stage2_mapping.patch_attention import PatchAttention, hole_map, match_patches, transfer_reference
 
@@ -91,6 +93,77 @@ def test_chunked_attention_equals_full_matrix(chunk_bytes: int) -> None:
         ref = partial_attention_naive(x, valid, block.theta, block.phi, block.g)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
     assert ours[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("size", [(13, 23), (29, 11), (5, 17)])
+@pytest.mark.parametrize("window", [2, 5, 8, 13])
+def test_window_blocks_cover_every_cell_once_inside_their_key_square(
+    size: tuple[int, int], window: int
+) -> None:
+    h, w = size
+    seen = torch.zeros(h, w, dtype=torch.int64)
+    for (rows, cols), (key_rows, key_cols) in windowed_attention_blocks(h, w, window):
+        seen[rows, cols] += 1
+        assert key_rows.start <= rows.start and rows.stop <= key_rows.stop
+        assert key_cols.start <= cols.start and cols.stop <= key_cols.stop
+        assert key_rows.stop - key_rows.start == min(window, h) and key_cols.stop - key_cols.start == min(
+            window, w
+        )
+        assert key_rows.start >= 0 and key_rows.stop <= h and key_cols.start >= 0 and key_cols.stop <= w
+    assert bool((seen == 1).all())
+
+
+@pytest.mark.parametrize("size", [(13, 23), (17, 9)])
+@pytest.mark.parametrize("window", [4, 7, 10])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_windowed_fused_attention_equals_full_matrix_per_window(
+    size: tuple[int, int], window: int, kind: str
+) -> None:
+    """The in-place windowed kernel is the released full-matrix attention run on each key square."""
+    block = _block()
+    generator = torch.Generator().manual_seed(window + len(kind))
+    h, w = size
+    x = torch.randn(2, 6, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
+    valid = torch.cat([_valid(kind, h, w, generator), _valid("dense", h, w, generator)])
+
+    def naive(xs: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
+        return partial_attention_naive(xs, vs, block.theta, block.phi, block.g)
+
+    with torch.no_grad():
+        ref = attend_in_windows(naive, x, valid, window)
+        whole = naive(x, valid)
+        for chunk_bytes in (None, 1):
+            ours = partial_attention(x, valid, block.theta, block.phi, block.g, chunk_bytes, window)
+            # float32 rounding of two summation orders, amplified where the valid mass is small
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(
+            partial_attention(x, valid, block.theta, block.phi, block.g, None, max(size)),
+            partial_attention(x, valid, block.theta, block.phi, block.g, None, None),
+        )
+    if kind in ("dense", "thin"):  # a window sees less than the whole map: a different, bounded rule
+        assert not torch.allclose(ours, whole, rtol=1e-3, atol=1e-4)
+
+
+def test_windowed_block_agrees_across_kernels_and_trains() -> None:
+    block = _block()
+    block.window = 4
+    x = torch.randn(1, 6, 11, 9)
+    mask = torch.zeros(1, 1, 44, 36)
+    mask[..., 10:14, :] = 1.0
+    mask[..., :, 20:23] = 1.0
+    outputs = {}
+    with torch.no_grad():
+        for kernel in AttentionKernel:
+            block.kernel = kernel
+            outputs[kernel] = block(x, mask)
+    for kernel in (AttentionKernel.FUSED, AttentionKernel.CHUNKED):
+        torch.testing.assert_close(outputs[kernel], outputs[AttentionKernel.FULL], rtol=1e-5, atol=1e-5)
+    block.kernel = AttentionKernel.FUSED
+    x.requires_grad_(True)
+    block(x, mask).square().sum().backward()
+    assert (
+        x.grad is not None and bool(torch.isfinite(x.grad).all()) and block.theta.weight.grad.abs().sum() > 0
+    )
 
 
 def _identity_conv(channels: int) -> nn.Conv2d:

@@ -181,26 +181,35 @@ def test_core_import_does_not_load_the_pipeline() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_scratch_plan_takes_the_least_modelled_work(tiny_weights) -> None:
-    from latent_restore.pipeline import CONTEXT_OVERLAP, MIN_CONTEXT_TILE, ScratchContext
-    from latent_restore.planning import tiled_work
+def test_scratch_plan_bounds_the_attention_by_the_time_ratio(tiny_weights) -> None:
+    from latent_restore.pipeline import ScratchContext
+    from latent_restore.planning import MIN_WINDOW_PIXELS, SCRATCH_TIME_RATIO, attention_work
 
     pipe = RestorationPipeline.from_pretrained(tiny_weights, device="cpu", faces=False)
     mapping, decoder = Component.MAPPING_SCRATCH, Component.VAE_B_SCRATCH
-    macs = pipe._conv_macs_per_pixel(mapping, decoder)
-    assert macs > 0
+    work = pipe._conv_work(mapping, decoder)
+    assert work.total > work.attention > 0
+    assert pipe._conv_work(Component.MAPPING_QUALITY, Component.VAE_B_QUALITY).attention == 0
     shape = pipe.network_shape(mapping)
-    path, tile, overlap = pipe._plan(1536, 2048, mapping, decoder, ScratchContext.TILED)
-    assert path == f"tiles {tile}x{tile}" and tile >= MIN_CONTEXT_TILE and overlap == CONTEXT_OVERLAP
-    chosen = tiled_work(1536, 2048, tile, overlap, macs, shape)
-    assert chosen < tiled_work(1536, 2048, 2048, 0, macs, shape)  # cheaper than one piece
-    for side in range(MIN_CONTEXT_TILE, 2048, 4 * shape.multiple):  # and than any other side
-        assert chosen <= tiled_work(1536, 2048, side, overlap, macs, shape)
-    assert pipe._plan(1536, 2048, mapping, decoder, ScratchContext.GLOBAL) == ("nonlocal", None, 0)
-    # Small photos keep whole-photo attention: it is cheap there.
-    assert pipe._plan(64, 96, mapping, decoder, ScratchContext.TILED) == ("nonlocal", None, 0)
+    plan = pipe._plan(1536, 2048, mapping, decoder, ScratchContext.TILED)
+    assert plan.tile is None and plan.window is not None and "attention windows" in plan.path
+    window, m = plan.window, shape.multiple
+    assert window * m >= MIN_WINDOW_PIXELS and window % 2 == 0
+    cells = (1536 // m) * (2048 // m)
+    convs, quality = work.total * 1536 * 2048, (work.total - work.attention) * 1536 * 2048
+    bound = SCRATCH_TIME_RATIO * quality
+    if window * m > MIN_WINDOW_PIXELS:  # the widest window within the ratio: two cells more breaks it
+        assert convs + attention_work(cells, window**2, shape.latent_width) <= bound
+        assert convs + attention_work(cells, (window + 2) ** 2, shape.latent_width) > bound
+    global_plan = pipe._plan(1536, 2048, mapping, decoder, ScratchContext.GLOBAL)
+    assert global_plan.window is None and global_plan.path == "nonlocal"
+    # Small photos keep whole-photo attention: a window would span them anyway.
+    assert (
+        pipe._plan(MIN_WINDOW_PIXELS, MIN_WINDOW_PIXELS - 8, mapping, decoder, ScratchContext.TILED).window
+        is None
+    )
     # Quality mode has no attention to bound.
-    assert pipe._plan(1536, 2048, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY)[0] == "full"
+    assert pipe._plan(1536, 2048, Component.MAPPING_QUALITY, Component.VAE_B_QUALITY).path == "full"
     # Same photo, both contexts: same size, close results.
     photo = _photo(300, 280)
     tiled = pipe(photo, RestorationOptions(with_scratch=True))
