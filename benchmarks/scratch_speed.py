@@ -194,6 +194,9 @@ def main() -> int:
         "--skip-global-above", type=int, default=1 << 22, help="pixels; global attention beyond is not run"
     )
     p.add_argument("--baseline", help="checkout of an earlier commit to time in the same run")
+    p.add_argument(
+        "--skip-base-above", type=int, default=1 << 40, help="pixels; the baseline is not run beyond"
+    )
     p.add_argument("--full-size", action="store_true", help="released sizes, seeded random values")
     p.add_argument("--memory-limit", type=float, help="GiB every path may use (default: what is free)")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
@@ -219,8 +222,11 @@ def main() -> int:
             h, w = (int(v) for v in size.split("x"))
             records = {}
             for path in paths:
-                if path in ("global", "scratch@base") and h * w > args.skip_global_above:
+                if path == "global" and h * w > args.skip_global_above:
                     print(f"{size:11} {path:12}  skipped (above --skip-global-above)")
+                    continue
+                if path.endswith("@base") and h * w > args.skip_base_above:
+                    print(f"{size:11} {path:12}  skipped (above --skip-base-above)")
                     continue
                 record = run_child(
                     script,
