@@ -116,9 +116,44 @@ def test_tiles_are_used_when_memory_is_short(tiny_weights) -> None:
 
 def test_blended_tiles_reassemble_exactly() -> None:
     x = torch.rand(1, 3, 70, 45)
-    out = run_tiled(lambda piece, _mask: piece * 2, x, None, tile=32, overlap=8)
-    torch.testing.assert_close(out, x * 2)
+    shapes: list[tuple[int, int]] = []
+
+    def double(piece: torch.Tensor, _mask: torch.Tensor | None) -> torch.Tensor:
+        shapes.append(tuple(piece.shape[-2:]))
+        return piece * 2
+
+    for tile in (32, (40, 24)):
+        shapes.clear()
+        torch.testing.assert_close(run_tiled(double, x, None, tile=tile, overlap=8), x * 2)
+        tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
+        assert set(shapes) == {(tile_h, tile_w)}
     assert tile_starts(70, 32, 8) == [0, 24, 38]
+
+
+@pytest.mark.parametrize("size", [(1536, 2048), (3000, 4000), (700, 333)])
+def test_memory_tiles_fit_cover_and_waste_least(size: tuple[int, int]) -> None:
+    from latent_restore.planning import MIN_TILE, TILE_OVERLAP, NetworkShape, memory_tiles
+
+    shape = NetworkShape(latent_width=512, multiple=4, image_width=64, attention=True)
+    h, w = size
+    budget = max(shape.estimate(h, w) // 5, 2 * shape.estimate(MIN_TILE, MIN_TILE))
+    assert shape.estimate(h, w) > budget
+    tile_h, tile_w = memory_tiles(h, w, shape, budget)
+    assert shape.estimate(tile_h, tile_w) <= budget
+    assert tile_h % 4 == 0 or tile_h == h
+    rows, cols = tile_starts(h, tile_h, TILE_OVERLAP), tile_starts(w, tile_w, TILE_OVERLAP)
+    assert rows[-1] + tile_h == h and cols[-1] + tile_w == w  # covered to the last pixel
+    area = len(rows) * len(cols) * tile_h * tile_w
+    assert area < 1.4 * h * w  # rectangles waste little
+    for side in range(MIN_TILE, max(h, w) + 1, 4):  # no square tile that fits does less work
+        square_h, square_w = min(side, h), min(side, w)
+        if shape.estimate(square_h, square_w) <= budget:
+            squares = len(tile_starts(h, square_h, TILE_OVERLAP)) * len(
+                tile_starts(w, square_w, TILE_OVERLAP)
+            )
+            assert area <= squares * square_h * square_w
+    with pytest.raises(MemoryError, match="tile fits"):
+        memory_tiles(h, w, shape, shape.estimate(MIN_TILE, MIN_TILE) - 1)
 
 
 def test_official_preset_rounds_size_and_stretches(pipeline) -> None:

@@ -33,7 +33,7 @@ def run_tiled(
     fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     image: torch.Tensor,
     mask: torch.Tensor | None,
-    tile: int,
+    tile: int | tuple[int, int],
     overlap: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
@@ -44,7 +44,7 @@ def run_tiled(
             spatial size.
         image: ``N x C x H x W``.
         mask: ``N x 1 x H x W`` or None; cut with the same tiles.
-        tile: tile side in pixels.
+        tile: tile side in pixels, or ``(height, width)`` of rectangular tiles.
         overlap: overlap between neighbouring tiles in pixels (seams are blended across it).
         progress: called with ``(done, total)`` after each tile.
 
@@ -52,13 +52,14 @@ def run_tiled(
         ``N x C' x H x W``.
     """
     h, w = image.shape[-2:]
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
+    ys, xs = tile_starts(h, tile_h, overlap), tile_starts(w, tile_w, overlap)
     out: torch.Tensor | None = None
     total = torch.zeros(1, 1, h, w)
     count = len(ys) * len(xs)
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
-            th, tw = min(tile, h - y), min(tile, w - x)
+            th, tw = min(tile_h, h - y), min(tile_w, w - x)
             piece_mask = None if mask is None else mask[..., y : y + th, x : x + tw]
             piece = fn(image[..., y : y + th, x : x + tw], piece_mask).to(torch.float32).cpu()
             if out is None:
