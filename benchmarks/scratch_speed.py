@@ -198,6 +198,7 @@ def main() -> int:
         "--skip-base-above", type=int, default=1 << 40, help="pixels; the baseline is not run beyond"
     )
     p.add_argument("--full-size", action="store_true", help="released sizes, seeded random values")
+    p.add_argument("--paths", nargs="+", help="only these paths (quality, tiled, global, quality@base, ...)")
     p.add_argument("--memory-limit", type=float, help="GiB every path may use (default: what is free)")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
     p.add_argument("--one-checkout", help=argparse.SUPPRESS)
@@ -211,6 +212,7 @@ def main() -> int:
     print(f"{date.today()} {cpu_name()}, {args.threads} threads, memory budget {limit}")
     script = Path(__file__).resolve()
     paths = ["quality", "tiled", "global"] + (["quality@base", "scratch@base"] if args.baseline else [])
+    paths = [p for p in paths if args.paths is None or p in args.paths]
     print("size        path          time (s)  peak (GiB)  vs quality")
     with tempfile.TemporaryDirectory() as tmp:
         if args.full_size:
@@ -250,7 +252,13 @@ def main() -> int:
                     f"{size:11} {path:12} {record['seconds']:9.1f}  {record['peak'] / 2**30:10.2f}  "
                     f"{ratio:9.2f}x  ({record['path']})"
                 )
-            for new, old in (("tiled", "global"), ("global", "scratch@base"), ("quality", "quality@base")):
+            pairs = (
+                ("tiled", "global"),
+                ("tiled", "scratch@base"),
+                ("global", "scratch@base"),
+                ("quality", "quality@base"),
+            )
+            for new, old in pairs:
                 if {new, old} <= records.keys():
                     a = np.load(Path(tmp) / f"{size}_{new}.npy").astype(np.int16)
                     b = np.load(Path(tmp) / f"{size}_{old}.npy").astype(np.int16)
