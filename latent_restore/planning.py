@@ -196,8 +196,9 @@ def memory_tiles(height: int, width: int, shape: NetworkShape, budget: int) -> t
     Every split into ``rows x cols`` tiles overlapping by :data:`TILE_OVERLAP` is tried, tiles as
     small as the split allows (rounded up to the encoder's multiple, never below
     :data:`MIN_TILE`); of those that fit, the one of least total tiled area, then of fewest tiles.
-    Rectangular tiles waste less than squares: a 2048x1536 photo goes in two 1088x1536 tiles where
-    1024 px squares would compute six, twice the photo.
+    Rectangular tiles waste less than squares: under 2 GiB at the released widths a 2048x1536 photo
+    goes in two tiles 1056 wide and 1536 high, where 1024 px squares would compute six, twice the
+    photo.
 
     Raises:
         MemoryError: not even a :data:`MIN_TILE` square fits ``budget``.
@@ -207,13 +208,13 @@ def memory_tiles(height: int, width: int, shape: NetworkShape, budget: int) -> t
     def sides(length: int) -> list[tuple[int, int]]:
         out, count = [], 1
         while True:
-            side = min(length, max(MIN_TILE, -(-(length + (count - 1) * TILE_OVERLAP) // count)))
-            side = min(length, -(-side // m) * m)
+            raw = -(-(length + (count - 1) * TILE_OVERLAP) // count)  # count tiles, as small as can be
+            side = min(length, -(-max(MIN_TILE, raw) // m) * m)
             pieces = len(tile_starts(length, side, TILE_OVERLAP))
             if out and pieces == out[-1][1]:
                 out.pop()  # as many tiles, smaller: keep the smaller
             out.append((side, pieces))
-            if side <= min(length, MIN_TILE):
+            if raw <= MIN_TILE:
                 return out
             count += 1
 
