@@ -144,6 +144,19 @@ def test_windowed_fused_attention_equals_full_matrix_per_window(
         assert not torch.allclose(ours, whole, rtol=1e-3, atol=1e-4)
 
 
+def _assert_kernels_agree(
+    block: PartialNonLocalBlock, x: torch.Tensor, mask: torch.Tensor, atol: float
+) -> None:
+    """The block gives the released full-matrix result with the fused and the chunked kernel."""
+    outputs = {}
+    with torch.no_grad():
+        for kernel in AttentionKernel:
+            block.kernel = kernel
+            outputs[kernel] = block(x, mask)
+    for kernel in (AttentionKernel.FUSED, AttentionKernel.CHUNKED):
+        torch.testing.assert_close(outputs[kernel], outputs[AttentionKernel.FULL], rtol=1e-5, atol=atol)
+
+
 def test_windowed_block_agrees_across_kernels_and_trains() -> None:
     block = _block()
     block.window = 4
@@ -151,13 +164,7 @@ def test_windowed_block_agrees_across_kernels_and_trains() -> None:
     mask = torch.zeros(1, 1, 44, 36)
     mask[..., 10:14, :] = 1.0
     mask[..., :, 20:23] = 1.0
-    outputs = {}
-    with torch.no_grad():
-        for kernel in AttentionKernel:
-            block.kernel = kernel
-            outputs[kernel] = block(x, mask)
-    for kernel in (AttentionKernel.FUSED, AttentionKernel.CHUNKED):
-        torch.testing.assert_close(outputs[kernel], outputs[AttentionKernel.FULL], rtol=1e-5, atol=1e-5)
+    _assert_kernels_agree(block, x, mask, atol=1e-5)
     block.kernel = AttentionKernel.FUSED
     x.requires_grad_(True)
     block(x, mask).square().sum().backward()
@@ -273,13 +280,7 @@ def test_all_kernels_agree_end_to_end() -> None:
     x = torch.randn(1, 6, 7, 9)
     mask = torch.zeros(1, 1, 28, 36)
     mask[..., 3:9, :] = 1.0
-    outputs = {}
-    with torch.no_grad():
-        for kernel in AttentionKernel:
-            block.kernel = kernel
-            outputs[kernel] = block(x, mask)
-    for kernel in (AttentionKernel.FUSED, AttentionKernel.CHUNKED):
-        torch.testing.assert_close(outputs[kernel], outputs[AttentionKernel.FULL], rtol=1e-5, atol=1e-6)
+    _assert_kernels_agree(block, x, mask, atol=1e-6)
     block.naive = True  # the older switch still selects the released formulation
     assert block.kernel is AttentionKernel.FULL and block.naive
 
