@@ -50,7 +50,7 @@ class BlockingPipeline(RestorationPipeline):
     cancelled job stopped. The tiny memory limit makes the planner tile a 600 x 600 photo.
     """
 
-    TILES_600 = 9  # 256-pixel tiles overlapping by 64 over 600 pixels: 3 x 3
+    TILES_600 = 4  # the memory plan's least-area split of 600 pixels: 2 x 2 tiles of 332 overlapping by 64
 
     def __init__(self, inner: RestorationPipeline) -> None:
         super().__init__(inner.components, None, "cpu", memory_limit=10 << 20)
@@ -82,7 +82,7 @@ def test_blocking_pipeline_tiles_the_photo(pipeline) -> None:
     blocking = BlockingPipeline(pipeline)
     blocking.release.set()
     result = blocking(_pixels(600, 600, 5), RestorationOptions(faces=False))
-    assert result.path == "tiles 256x256" and blocking.tiles == BlockingPipeline.TILES_600
+    assert result.path == "tiles 332x332" and blocking.tiles == BlockingPipeline.TILES_600
 
 
 def test_delete_cancels_a_running_job_between_tiles(pipeline) -> None:
