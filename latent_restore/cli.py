@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 halves memory and is faster where the CPU (AVX-512 BF16/AMX) or GPU supports it "
         "natively; elsewhere fp32 is used (default: fp32)",
     )
+    restoring.add_argument(
+        "--memory-limit",
+        type=_positive_float,
+        metavar="GIB",
+        help="GiB the restoring networks may use; larger photos go in overlapping tiles "
+        "(default: 1.5 on a CPU, 80%% of the free memory on a GPU)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(

@@ -136,7 +136,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def build_pipeline(args: argparse.Namespace, weights: str):
-    """The pipeline of ``run`` and ``serve``, from their shared device, precision, faces and pixel flags."""
+    """The pipeline of ``run`` and ``serve``, from the flags they share: device, precision, memory
+    limit, faces and the largest photo."""
     from latent_restore.pipeline import Precision, RestorationPipeline
 
     return RestorationPipeline.from_pretrained(
@@ -144,6 +145,7 @@ def build_pipeline(args: argparse.Namespace, weights: str):
         device=args.device,
         precision=Precision(args.precision),
         faces=not args.no_faces,
+        memory_limit=None if args.memory_limit is None else int(args.memory_limit * 2**30),
         max_pixels=args.max_pixels,
     )
 

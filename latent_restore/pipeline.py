@@ -37,10 +37,11 @@ from latent_restore.core.imaging import (
     crop_to,
     fill_holes,
     pad_to_multiple,
+    photo_array,
     photo_from_array,
+    photo_tensor,
     quantize,
 )
-from latent_restore.core.memory import available_memory
 from latent_restore.core.tiling import run_tiled
 from latent_restore.devices import bf16_supported, inference_dtype
 from latent_restore.official_preset import restore_official
@@ -68,6 +69,7 @@ from latent_restore.planning import (
     NetworkShape,
     count_conv_macs,
     default_max_pixels,
+    default_memory_budget,
     estimate_global_bytes,
     plan_global,
 )
@@ -143,7 +145,7 @@ class RestorationPipeline:
         face_enhancer: callable enhancing faces of a uint8 RGB image, or None to skip faces.
         device: where the networks run.
         dtype: ``torch.float32`` or ``torch.bfloat16``.
-        memory_limit: bytes the global stage may use; None = what the device has free.
+        memory_limit: bytes the global stage may use; None = :func:`default_memory_budget`.
         max_pixels: photos above this many pixels are refused before decoding (batch runs and the
             web page read it); None = :func:`default_max_pixels`.
     """
@@ -360,9 +362,7 @@ class RestorationPipeline:
     ) -> GlobalPlan:
         """:func:`latent_restore.planning.plan_global` for this path, with the loaded networks' sizes."""
         shape = self.network_shape(mapping)
-        budget = (
-            self.memory_limit if self.memory_limit is not None else int(available_memory(self.device) * 0.8)
-        )
+        budget = self.memory_limit if self.memory_limit is not None else default_memory_budget(self.device)
         whole = {Component.MAPPING_SCRATCH: "nonlocal", Component.MAPPING_HR: "patch-attention"}.get(
             mapping, "full"
         )
@@ -400,8 +400,8 @@ class RestorationPipeline:
             mask_u8 = (np.asarray(mask) > 0).astype(np.uint8) * 255
             if hr:
                 mask_u8 = official.dilate_mask(mask_u8)
-            m = torch.from_numpy(mask_u8.astype(np.float32) / 255.0)[None, None]
-        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
+            m = torch.from_numpy(mask_u8)[None, None].to(torch.float32).div_(255.0)
+        x = photo_tensor(rgb)
         if m is not None:
             x = fill_holes(x, m)
         plan = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
@@ -420,8 +420,8 @@ class RestorationPipeline:
             out = forward(x, m)
         else:
             out = run_tiled(forward, x, m, plan.tile, plan.overlap, progress.on_tile if progress else None)
-        path = plan.path
-        return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), path
+        del x, m  # before the result is converted: a 12 MP photo's arrays are 0.2 GB each
+        return photo_array(out), plan.path
 
     def restore_pix2pix(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:
         """Global restoration of float RGB ``H x W x 3`` in [0, 1] by the pix2pix U-Net, at its own size.
@@ -432,10 +432,11 @@ class RestorationPipeline:
         from latent_restore.pix2pix.inference import translate
 
         generator = self.components.get(Component.PIX2PIX)
-        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
+        x = photo_tensor(rgb)
         logger.info("global restoration: pix2pix (%dx%d)", x.shape[-1], x.shape[-2])
         out = translate(generator, x)
-        return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0, 1), "pix2pix"
+        del x
+        return photo_array(out), "pix2pix"
 
     def colorize(self, rgb: np.ndarray) -> np.ndarray:
         """Colorize float RGB ``H x W x 3`` in [0, 1]: its CIE L is kept, the chroma predicted."""

@@ -51,6 +51,22 @@ copy, blended tile accumulator, output, tone-mapped copy, quantised and encoded 
 the tile working set the memory planner bounds; measured peak on a 12 MP photo: see README."""
 
 
+CPU_GLOBAL_BUDGET = 3 << 29
+"""Bytes the global stage takes on a CPU unless told otherwise (1.5 GiB). On a CPU a tile costs
+only its overlap, 3-7 % more work for a 12 MP photo at the released widths, where one piece of a
+12 MP scratched scan needs about 11 GB; bounded, any photo restores in under 3 GB (measured: README,
+Performance) beside whatever else the machine runs. A GPU's memory is its own and one piece is
+faster there, so on a GPU the plan takes what is free."""
+
+
+def default_memory_budget(device: torch.device | None = None) -> int:
+    """Bytes the global stage may use when no limit is given: 80 % of the free memory, on a CPU at
+    most :data:`CPU_GLOBAL_BUDGET`."""
+    device = device or torch.device("cpu")
+    free = int(available_memory(device) * 0.8)
+    return min(free, CPU_GLOBAL_BUDGET) if device.type == "cpu" else free
+
+
 def default_max_pixels(device: torch.device | None = None) -> int:
     """The largest photo (in pixels) a run accepts by default: half the free memory at ``BYTES_PER_PIXEL``.
 

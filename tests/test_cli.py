@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO
 
 from latent_restore.cli import build_parser, main
-from latent_restore.commands import parse_shard
+from latent_restore.commands import build_pipeline, parse_shard
 
 BUILT_IN = REPO / "latent_restore" / "default_weights"
 COMMANDS = {"convert", "download", "weights", "run", "eval", "degrade", "serve"}
@@ -67,6 +67,7 @@ def test_run_defaults_are_the_documented_ones() -> None:
         (["serve", "--port", "70000"], "between 0 and 65535, got 70000"),
         (["serve", "--port", "http"], "a port is a whole number, got 'http'"),
         (["serve", "--max-upload-mb", "0"], "expected a number above 0"),
+        (["serve", "--memory-limit", "-1"], "expected a number above 0"),
         (["serve", "--ttl-minutes", "soon"], "expected a number, got 'soon'"),
         (["convert", "--out", "w"], "the following arguments are required: --official"),
     ],
@@ -77,6 +78,15 @@ def test_bad_arguments_exit_2_and_say_why(
     err = _usage_error(argv, capsys)
     assert err.startswith("usage: latent-restore")
     assert message in err
+
+
+def test_memory_limit_reaches_the_pipeline_in_bytes(tiny_weights) -> None:
+    """``--memory-limit`` is in GiB; without it the pipeline takes its default budget (None)."""
+    for command in (["run", "--input", "a", "--output", "b"], ["serve"]):
+        args = build_parser().parse_args([*command, "--memory-limit", "0.5", "--no-faces"])
+        assert build_pipeline(args, tiny_weights).memory_limit == 2**29
+        args = build_parser().parse_args([*command, "--no-faces"])
+        assert build_pipeline(args, tiny_weights).memory_limit is None
 
 
 @pytest.mark.parametrize(

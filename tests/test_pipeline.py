@@ -11,7 +11,7 @@ import torch
 from latent_restore.core.checkpoint import load_component, save_component
 from latent_restore.core.colour import MonochromeTone
 from latent_restore.core.components import Component
-from latent_restore.core.imaging import photo_from_array
+from latent_restore.core.imaging import photo_array, photo_from_array, photo_tensor
 from latent_restore.core.tiling import run_tiled, tile_starts
 from latent_restore.detector_calibration import calibrate_threshold, with_threshold
 from latent_restore.options import planned_stages
@@ -128,6 +128,35 @@ def test_blended_tiles_reassemble_exactly() -> None:
         tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
         assert set(shapes) == {(tile_h, tile_w)}
     assert tile_starts(70, 32, 8) == [0, 24, 38]
+
+
+def test_photo_goes_to_the_networks_and_back_without_whole_photo_copies() -> None:
+    """A 12 MP photo's float arrays are 144 MB each: the tensor keeps the photo's channels-last
+    order, tiles are blended into a channels-last result, and that becomes the array in place."""
+    rgb = np.random.default_rng(0).random((37, 53, 3), dtype=np.float32)
+    x = photo_tensor(rgb)
+    assert x.shape == (1, 3, 37, 53) and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x[0].permute(1, 2, 0), torch.from_numpy(rgb) * 2 - 1)
+    out = run_tiled(lambda piece, _mask: piece * 1.5, x, None, tile=(24, 32), overlap=8)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    image = photo_array(out)
+    assert image.flags.c_contiguous and np.shares_memory(image, out.numpy())
+    np.testing.assert_allclose(image, np.clip((rgb * 2 - 1) * 1.5 / 2 + 0.5, 0, 1), atol=1e-6)
+    with torch.inference_mode():  # what a network returns: channels-first here, so one copy is made
+        planar = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous() * 2 - 1
+    image = photo_array(planar)
+    assert image.flags.c_contiguous and not np.shares_memory(image, planar.numpy())
+    np.testing.assert_allclose(image, rgb, atol=1e-6)
+
+
+def test_default_budget_bounds_a_cpu_not_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from latent_restore import planning
+
+    monkeypatch.setattr(planning, "available_memory", lambda device: 64 << 30)
+    assert planning.default_memory_budget(torch.device("cpu")) == planning.CPU_GLOBAL_BUDGET
+    assert planning.default_memory_budget(torch.device("cuda")) == int((64 << 30) * 0.8)
+    monkeypatch.setattr(planning, "available_memory", lambda device: 1 << 30)
+    assert planning.default_memory_budget(torch.device("cpu")) == int((1 << 30) * 0.8)
 
 
 @pytest.mark.parametrize("size", [(1536, 2048), (3000, 4000), (700, 333)])

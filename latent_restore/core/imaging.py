@@ -51,6 +51,27 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return out[..., 0] if out.shape[-1] == 1 else out
 
 
+def photo_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """Float RGB ``H x W x 3`` in [0, 1] -> float32 ``1 x 3 x H x W`` in [-1, 1], in one copy.
+
+    The result keeps the photo's pixel-interleaved (channels-last) memory order, which the networks
+    run in, and no whole-photo temporary is made: on a 12 MP scan each costs 144 MB.
+    """
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
+    return pixels.permute(2, 0, 1)[None].mul(2.0).sub_(1.0)
+
+
+def photo_array(tensor: torch.Tensor) -> np.ndarray:
+    """``1 x 3 x H x W`` in [-1, 1] -> float32 RGB ``H x W x 3`` in [0, 1], converted in place.
+
+    ``tensor`` is consumed. A channels-last result (what the networks and :func:`run_tiled` return)
+    becomes the array without any copy; any other layout costs one.
+    """
+    with torch.inference_mode():  # in place, also on the networks' inference tensors
+        image = tensor[0].add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
 def fill_holes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Paint the defect pixels of ``x`` (``N x C x H x W`` in [-1, 1]) white, where ``mask`` > 0.
 

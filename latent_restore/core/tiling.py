@@ -62,8 +62,9 @@ def run_tiled(
             th, tw = min(tile_h, h - y), min(tile_w, w - x)
             piece_mask = None if mask is None else mask[..., y : y + th, x : x + tw]
             piece = fn(image[..., y : y + th, x : x + tw], piece_mask).to(torch.float32).cpu()
-            if out is None:
-                out = torch.zeros(image.shape[0], piece.shape[1], h, w)
+            if out is None:  # channels-last, as the networks return it: no copy to make an array of
+                out = torch.empty(image.shape[0], piece.shape[1], h, w, memory_format=torch.channels_last)
+                out.zero_()
             wy = _ramp(th, min(overlap, th), y == 0, y + th == h)
             wx = _ramp(tw, min(overlap, tw), x == 0, x + tw == w)
             weight = (wy[:, None] * wx[None, :])[None, None]
@@ -72,4 +73,4 @@ def run_tiled(
             if progress is not None:
                 progress(i * len(xs) + j + 1, count)
     assert out is not None
-    return out / total
+    return out.div_(total)
