@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from latent_restore.core.imaging import to_tensor
+from latent_restore.core.imaging import HR_MASK_DILATION, to_tensor
 
 QUALITY_MULTIPLE = 4
 DETECTION_MULTIPLE = 16
 DETECTION_SHORT_SIDE = 256
 DETECTION_THRESHOLD = 0.4
-HR_MASK_DILATION = 3
 MINMAX_EPS = 1e-5
 
 

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from latent_restore import official
 from latent_restore.core.colour import MonochromeTone, luma
 from latent_restore.core.device import DeviceNotAvailableError, Precision, resolve_device
 from latent_restore.core.imaging import (
     Photo,
     crop_to,
+    dilate_holes,
     fill_holes,
     pad_to_multiple,
     photo_array,
@@ -397,10 +397,9 @@ class RestorationPipeline:
         if mask is None:
             m = None
         else:
-            mask_u8 = (np.asarray(mask) > 0).astype(np.uint8) * 255
+            m = torch.from_numpy(np.asarray(mask) > 0)[None, None].to(torch.float32)
             if hr:
-                mask_u8 = official.dilate_mask(mask_u8)
-            m = torch.from_numpy(mask_u8)[None, None].to(torch.float32).div_(255.0)
+                m = dilate_holes(m)
         x = photo_tensor(rgb)
         if m is not None:
             x = fill_holes(x, m)

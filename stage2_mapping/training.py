@@ -27,7 +27,7 @@ from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.data import ImageDataConfig, PairedDataConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
-from latent_restore.core.imaging import fill_holes
+from latent_restore.core.imaging import HR_MASK_DILATION, dilate_holes, fill_holes
 from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
@@ -79,10 +79,14 @@ class MappingDataConfig(PairedDataConfig):
         with_scratches: add structured defects and their masks; ``None``: on for the scratch and
             HR variants, off for the plain one.
         no_defect_prob: with scratches, probability of a defect-free sample (released: 1/2).
+        hole_dilation: times the defect masks are dilated by a 3x3 square before the holes are
+            painted; ``None``: as the pipeline does for the variant (the released HR mode's
+            :data:`~latent_restore.core.imaging.HR_MASK_DILATION` for patch attention, else 0).
     """
 
     with_scratches: bool | None = None
     no_defect_prob: float = 0.5
+    hole_dilation: int | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -290,6 +294,12 @@ class MappingTask(TrainTask):
             return self.config.data.with_scratches
         return self.config.variant is not MappingVariant.PLAIN
 
+    @property
+    def hole_dilation(self) -> int:
+        if self.config.data.hole_dilation is not None:
+            return self.config.data.hole_dilation
+        return HR_MASK_DILATION if self.config.variant is MappingVariant.PATCH_ATTENTION else 0
+
     def dataset(self) -> Dataset:
         data = self.config.data
         return data.build(
@@ -311,7 +321,7 @@ class MappingTask(TrainTask):
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = self.config.loss
-        degraded, clean, mask = _inputs(batch)
+        degraded, clean, mask = _inputs(batch, dilation=self.hole_dilation)
         with torch.no_grad():
             target = self.vae_b.encode(clean)
         mapped = self._map(ctx.models["mapping"], degraded, mask, ctx.models.get("encoder"))
@@ -332,7 +342,7 @@ class MappingTask(TrainTask):
         return {**result.logs(), "metric/latent_l1": latent_l1}
 
     def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
-        degraded, clean, mask = _inputs(batch, 4)
+        degraded, clean, mask = _inputs(batch, 4, self.hole_dilation)
         restored = self.vae_b.decode(self._map(self.models["mapping"], degraded, mask))
         return {"degraded": degraded, "restored": restored, "clean": clean}
 
@@ -346,14 +356,15 @@ class MappingTask(TrainTask):
         return weights
 
 
-def _inputs(batch: dict[str, Any], count: int | None = None) -> tuple[torch.Tensor, ...]:
+def _inputs(batch: dict[str, Any], count: int | None = None, dilation: int = 0) -> tuple[torch.Tensor, ...]:
     """``(degraded, clean, mask)`` of the first ``count`` samples, the defects painted white.
 
     The pipeline paints the detected mask white before VAE A encodes a photo (the released
-    convention), so the mapping trains on the same picture of its holes; quality-mode masks are
-    all zero and change nothing.
+    convention), in HR mode after dilating it (``dilation``), so the mapping trains on the same
+    picture of its holes; quality-mode masks are all zero and change nothing.
     """
     degraded, clean, mask = (batch[key][:count] for key in ("degraded", "clean", "mask"))
+    mask = dilate_holes(mask, dilation)
     return fill_holes(degraded, mask), clean, mask
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from latent_restore import official
 from latent_restore.core.checkpoint import load_component, save_component
 from latent_restore.core.colour import MonochromeTone
 from latent_restore.core.components import Component
-from latent_restore.core.imaging import photo_array, photo_from_array, photo_tensor
+from latent_restore.core.imaging import dilate_holes, photo_array, photo_from_array, photo_tensor
 from latent_restore.core.tiling import run_tiled, tile_starts
 from latent_restore.detector_calibration import calibrate_threshold, with_threshold
 from latent_restore.options import planned_stages
@@ -55,7 +56,10 @@ def test_output_keeps_input_size(pipeline, size, with_scratch, hr) -> None:
         assert result.scratch_mask is None
 
 
-def test_scratch_pixels_are_filled_before_encoding(pipeline) -> None:
+@pytest.mark.parametrize(("hr", "rows"), [(False, slice(10, 12)), (True, slice(7, 15))])
+def test_scratch_pixels_are_filled_before_encoding(pipeline, hr: bool, rows: slice) -> None:
+    """Holes are painted white, as the scratch mappings were trained; in HR mode after the
+    released 7x7 dilation."""
     image = _photo(32, 32).astype(np.float32) / 255
     mask = np.zeros((32, 32), bool)
     mask[10:12] = True
@@ -68,13 +72,28 @@ def test_scratch_pixels_are_filled_before_encoding(pipeline) -> None:
 
     pipeline.global_forward = spy
     try:
-        pipeline.restore_global(image, mask)
+        pipeline.restore_global(image, mask, hr)
     finally:
         pipeline.global_forward = original
-    x, m = calls[0]
-    assert torch.equal(m[0, 0].bool(), torch.from_numpy(mask))
-    assert torch.all(x[0, :, 10:12] == 1.0)  # holes are white, as the scratch mapping was trained
-    assert torch.allclose(x[0, :, :10], torch.from_numpy(image[:10]).permute(2, 0, 1) * 2 - 1)
+    x, m = calls[-1]  # after the planner's probe, when it runs first
+    holes = np.zeros((32, 32), bool)
+    holes[rows] = True
+    assert torch.equal(m[0, 0].bool(), torch.from_numpy(holes))
+    assert torch.all(x[0, :, rows] == 1.0)
+    above = torch.from_numpy(image[: rows.start]).permute(2, 0, 1) * 2 - 1
+    assert torch.allclose(x[0, :, : rows.start], above)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (40, 33)])
+def test_hr_hole_dilation_is_the_released_one(size: tuple[int, int]) -> None:
+    """The torch dilation the pipeline and the HR mapping's training share equals the released
+    OpenCV pre-processing, borders included."""
+    rng = np.random.default_rng(sum(size))
+    mask = (rng.random(size) < 0.05).astype(np.uint8) * 255
+    mask[0, -1] = 255
+    expected = official.dilate_mask(mask) > 0
+    got = dilate_holes(torch.from_numpy(mask > 0)[None, None].float())[0, 0].numpy() > 0
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_gray_photo_stays_gray_and_colour_stays_colour(pipeline) -> None:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -613,24 +615,40 @@ def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Pat
         )
 
 
-def test_scratch_mapping_encodes_the_holes_painted_white(tiny_vaes: tuple[Path, Path]) -> None:
-    """Training must show VAE A the holes as the pipeline will: painted white, whatever the defect."""
-    overrides = [f"vae_a={tiny_vaes[0]}", f"vae_b={tiny_vaes[1]}", "variant=nonlocal", "loss.ttur=false"]
+@pytest.mark.parametrize(
+    ("variant", "extra", "dilation"),
+    [
+        ("nonlocal", [], 0),
+        ("patch_attention", ["model.patch_sizes=[4, 2]"], 3),  # the released HR mode's 7x7 widening
+        ("nonlocal", ["data.hole_dilation=1"], 1),
+    ],
+)
+def test_scratch_mappings_encode_the_holes_as_the_pipeline_paints_them(
+    tiny_vaes: tuple[Path, Path], variant: str, extra: list[str], dilation: int
+) -> None:
+    """Training must show VAE A the holes as the pipeline will: painted white, whatever the defect,
+    and in HR mode as widened by the released dilation, or the HR mapping never learns to fill
+    the wider white holes it is shown."""
+    overrides = [f"vae_a={tiny_vaes[0]}", f"vae_b={tiny_vaes[1]}", f"variant={variant}", "loss.ttur=false"]
     task = build_mapping_task(
-        load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides), torch.device("cpu")
+        load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides + extra), torch.device("cpu")
     )
     degraded = torch.full((2, 3, 32, 32), -0.5)
     mask = torch.zeros(2, 1, 32, 32)
     mask[0, :, 4:9, 10:12] = 1
+    mask[0, :, 30:, 0] = 1  # at the border
     seen: list[torch.Tensor] = []
     encode = task.vae_a.encode
     task.vae_a.encode = lambda x: seen.append(x.clone()) or encode(x)  # type: ignore[method-assign]
     batch = {"degraded": degraded, "clean": torch.zeros_like(degraded), "mask": mask}
     task.samples(batch, None)  # type: ignore[arg-type]
     (encoded,) = seen
-    holes = mask.expand_as(degraded) > 0
+    side = 2 * dilation + 1
+    kernel = np.ones((side, side), np.uint8)
+    painted = np.stack([cv2.dilate(m, kernel) for m in mask[:, 0].numpy().astype(np.uint8)])
+    holes = torch.from_numpy(painted > 0)[:, None].expand_as(degraded)
     assert encoded[holes].eq(1).all() and encoded[~holes].eq(-0.5).all()
-    assert degraded.eq(-0.5).all()  # the batch itself is left as it was
+    assert degraded.eq(-0.5).all() and mask.sum() == 12  # the batch itself is left as it was
 
 
 @needs_data

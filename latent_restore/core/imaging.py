@@ -84,6 +84,23 @@ def fill_holes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, torch.ones((), dtype=x.dtype, device=x.device), x)
 
 
+HR_MASK_DILATION = 3
+"""Times the released HR mode dilates the scratch mask by a 3x3 square (7x7 in all) before it
+paints the holes white: the patch-attention mapping sees holes this much wider."""
+
+
+def dilate_holes(mask: torch.Tensor, iterations: int = HR_MASK_DILATION) -> torch.Tensor:
+    """``mask`` (``N x 1 x H x W``, 1 = defect) dilated ``iterations`` times by a 3x3 square.
+
+    OpenCV's dilation (3x3 ones kernel, default border) of the released HR pre-processing, as
+    one max filter of side ``2 * iterations + 1``: the pipeline and the HR mapping's training
+    widen the holes the same way, so the mapping learns to fill the holes it will be shown.
+    """
+    if iterations <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * iterations + 1, stride=1, padding=iterations)
+
+
 def pad_to_multiple(
     x: torch.Tensor, multiple: int, mode: str = "reflect", minimum: int = 0
 ) -> tuple[torch.Tensor, tuple[int, int]]:
