@@ -199,7 +199,7 @@ def main() -> int:
     )
     p.add_argument("--full-size", action="store_true", help="released sizes, seeded random values")
     p.add_argument("--paths", nargs="+", help="only these paths (quality, tiled, global, quality@base, ...)")
-    p.add_argument("--memory-limit", type=float, help="GiB every path may use (default: what is free)")
+    p.add_argument("--memory-limit", type=float, help="GiB every path may use (default: 1.5 on a CPU)")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
     p.add_argument("--one-checkout", help=argparse.SUPPRESS)
     p.add_argument("--one-path", help=argparse.SUPPRESS)
@@ -208,7 +208,7 @@ def main() -> int:
     if args.one_size:
         one_case(args)
         return 0
-    limit = "what is free" if args.memory_limit is None else f"{args.memory_limit:g} GiB"
+    limit = "the default (1.5 GiB on a CPU)" if args.memory_limit is None else f"{args.memory_limit:g} GiB"
     print(f"{date.today()} {cpu_name()}, {args.threads} threads, memory budget {limit}")
     script = Path(__file__).resolve()
     paths = ["quality", "tiled", "global"] + (["quality@base", "scratch@base"] if args.baseline else [])
