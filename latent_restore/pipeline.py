@@ -402,7 +402,7 @@ class RestorationPipeline:
                 m = dilate_holes(m)
         x = photo_tensor(rgb)
         if m is not None:
-            x = fill_holes(x, m)
+            x = fill_holes(x, m, self.components.get(mapping).config.hole_fill)
         plan = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
         if window is not None:
             cells = window // self.network_shape(mapping).multiple

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_restore.core.checkpoint import register_architecture
+from latent_restore.core.imaging import HoleFill
 from latent_restore.core.layers import Norm, normalize, residual_stack
 from stage2_mapping.nonlocal_block import PartialNonLocalBlock
 from stage2_mapping.patch_attention import PatchAttention
@@ -60,14 +61,31 @@ class MappingConfig:
 
 
 @dataclass
-class NonLocalMappingConfig(MappingConfig):
+class HoleMappingConfig(MappingConfig):
+    """A mapping that fills holes: its input convention for them.
+
+    Attributes:
+        hole_fill: how the pipeline fills the defect mask before VAE A encodes the photo, and how
+            training fills the synthetic defects (:class:`~latent_restore.core.imaging.HoleFill`;
+            released: white). A property of the trained weights, so it travels in their config.
+    """
+
+    hole_fill: HoleFill = HoleFill.WHITE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hole_fill = HoleFill(self.hole_fill)
+
+
+@dataclass
+class NonLocalMappingConfig(HoleMappingConfig):
     """Adds the partial non-local block's residual refinement (three blocks when released)."""
 
     nonlocal_res_blocks: int = 3
 
 
 @dataclass
-class PatchAttentionMappingConfig(MappingConfig):
+class PatchAttentionMappingConfig(HoleMappingConfig):
     """Multi-scale patch attention; ``num_blocks`` is unused here (blocks sit between the scales).
 
     Attributes:

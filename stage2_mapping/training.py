@@ -27,7 +27,7 @@ from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.data import ImageDataConfig, PairedDataConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
-from latent_restore.core.imaging import HR_MASK_DILATION, dilate_holes, fill_holes
+from latent_restore.core.imaging import HR_MASK_DILATION, HoleFill, dilate_holes, fill_holes
 from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
@@ -152,6 +152,8 @@ class MappingTrainingConfig:
             random. A scratch mapping started from the quality mapping begins with the quality
             mode's restoration of every cell the attention keeps (the partial non-local block
             passes valid cells through), so its training only has the holes left to learn.
+            A list names several directories, each laid over the ones before it: a quality
+            mapping's trunk with a scratch mapping's non-local block on top, for instance.
             A resumed run takes everything from its checkpoint instead.
         context_lr_scale: learning-rate factor of the mapping's global-context branch
             (``model.global_context``). Warm-started, the branch begins at zero while the rest is
@@ -168,7 +170,7 @@ class MappingTrainingConfig:
     component: str | None = None
     decoder_component: str | None = None
     encoder_component: str | None = None
-    init_from: str | None = None
+    init_from: str | list[str] | None = None
     context_lr_scale: float = 1.0
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
@@ -236,8 +238,9 @@ class MappingTask(TrainTask):
         vaes = [load_component(path, LatentAutoencoder, device) for path in (config.vae_a, config.vae_b)]
         self.vae_a, self.vae_b = (vae.requires_grad_(False) for vae in vaes)
         mapping = build_mapping(config.variant, config.model)
-        if config.init_from:
-            warm_start(mapping, load_component(config.init_from))
+        sources = [config.init_from] if isinstance(config.init_from, str) else config.init_from or []
+        for source in sources:
+            warm_start(mapping, load_component(source))
         channels = mapping.config.latent_channels
         for name, vae in (("vae_a", self.vae_a), ("vae_b", self.vae_b)):
             if vae.config.latent_channels != channels:
@@ -300,6 +303,10 @@ class MappingTask(TrainTask):
             return self.config.data.hole_dilation
         return HR_MASK_DILATION if self.config.variant is MappingVariant.PATCH_ATTENTION else 0
 
+    @property
+    def hole_fill(self) -> HoleFill:
+        return getattr(self.models["mapping"].config, "hole_fill", HoleFill.WHITE)
+
     def dataset(self) -> Dataset:
         data = self.config.data
         return data.build(
@@ -321,7 +328,7 @@ class MappingTask(TrainTask):
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = self.config.loss
-        degraded, clean, mask = _inputs(batch, dilation=self.hole_dilation)
+        degraded, clean, mask = _inputs(batch, dilation=self.hole_dilation, fill=self.hole_fill)
         with torch.no_grad():
             target = self.vae_b.encode(clean)
         mapped = self._map(ctx.models["mapping"], degraded, mask, ctx.models.get("encoder"))
@@ -342,7 +349,7 @@ class MappingTask(TrainTask):
         return {**result.logs(), "metric/latent_l1": latent_l1}
 
     def samples(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
-        degraded, clean, mask = _inputs(batch, 4, self.hole_dilation)
+        degraded, clean, mask = _inputs(batch, 4, self.hole_dilation, self.hole_fill)
         restored = self.vae_b.decode(self._map(self.models["mapping"], degraded, mask))
         return {"degraded": degraded, "restored": restored, "clean": clean}
 
@@ -356,16 +363,18 @@ class MappingTask(TrainTask):
         return weights
 
 
-def _inputs(batch: dict[str, Any], count: int | None = None, dilation: int = 0) -> tuple[torch.Tensor, ...]:
-    """``(degraded, clean, mask)`` of the first ``count`` samples, the defects painted white.
+def _inputs(
+    batch: dict[str, Any], count: int | None = None, dilation: int = 0, fill: HoleFill = HoleFill.WHITE
+) -> tuple[torch.Tensor, ...]:
+    """``(degraded, clean, mask)`` of the first ``count`` samples, the defects filled.
 
-    The pipeline paints the detected mask white before VAE A encodes a photo (the released
-    convention), in HR mode after dilating it (``dilation``), so the mapping trains on the same
-    picture of its holes; quality-mode masks are all zero and change nothing.
+    The pipeline fills the detected mask as the mapping's config says (``fill``; released: white)
+    before VAE A encodes a photo, in HR mode after dilating it (``dilation``), so the mapping
+    trains on the same picture of its holes; quality-mode masks are all zero and change nothing.
     """
     degraded, clean, mask = (batch[key][:count] for key in ("degraded", "clean", "mask"))
     mask = dilate_holes(mask, dilation)
-    return fill_holes(degraded, mask), clean, mask
+    return fill_holes(degraded, mask, fill), clean, mask
 
 
 def build_mapping_task(config: MappingTrainingConfig, device: torch.device) -> MappingTask:
@@ -430,6 +439,10 @@ class ScratchTask(TrainTask):
             warm_start(detector, load_component(config.init_from))
         self.models = {"detector": detector.to(device)}
         self.optimizers = {"detector": adam(self.models["detector"].parameters(), config.optim)}
+
+    @property
+    def hole_fill(self) -> HoleFill:
+        return getattr(self.models["mapping"].config, "hole_fill", HoleFill.WHITE)
 
     def dataset(self) -> Dataset:
         data = self.config.data

@@ -7,6 +7,7 @@ here fails :func:`test_every_registered_architecture_has_a_case`.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -15,11 +16,13 @@ from face_enhance.generator import FaceGenerator, FaceGeneratorConfig
 from latent_restore.colorize.network import Colorizer, ColorizerConfig
 from latent_restore.core.checkpoint import (
     ARCHITECTURES,
+    CheckpointError,
     architecture_class,
     load_component,
     register_architecture,
     save_component,
 )
+from latent_restore.core.imaging import HoleFill
 from latent_restore.core.unet import UNetConfig
 from latent_restore.pix2pix import Pix2PixGenerator
 from stage1_vae import VAE, VAEConfig
@@ -223,3 +226,29 @@ def test_global_context_modulates_by_the_statistics_of_the_whole_map() -> None:
         brighter[:, :, -1, -1] += 10.0  # one far cell changes every channel's mean and deviation
         changed = context(brighter)[:, :, 0, 0] - out[:, :, 0, 0]
         assert changed.abs().min() > 0
+
+
+@pytest.mark.parametrize("variant", ["nonlocal", "patch_attention"])
+def test_hole_fill_travels_with_the_weights(variant: str, tmp_path) -> None:
+    """How a mapping's holes were filled in training is read back from its config; a config
+    without the key (released networks, earlier built-in ones) means the released white."""
+    if variant == "nonlocal":
+        model = NonLocalMappingNetwork(
+            NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1, hole_fill=HoleFill.INPAINT)
+        )
+    else:
+        model = PatchAttentionMappingNetwork(
+            PatchAttentionMappingConfig(**TINY_MAPPING, patch_sizes=(2,), hole_fill="inpaint")
+        )
+    assert model.config.hole_fill is HoleFill.INPAINT
+    path = save_component(model, tmp_path / variant)
+    assert load_component(path).config.hole_fill is HoleFill.INPAINT
+    config_file = path / "config.json"
+    stored = json.loads(config_file.read_text())
+    del stored["config"]["hole_fill"]
+    config_file.write_text(json.dumps(stored))
+    assert load_component(path).config.hole_fill is HoleFill.WHITE
+    stored["config"]["hole_fill"] = "black"
+    config_file.write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match="'black' is not one of 'white', 'inpaint'"):
+        load_component(path)

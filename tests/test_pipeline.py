@@ -12,7 +12,14 @@ from latent_restore import official
 from latent_restore.core.checkpoint import load_component, save_component
 from latent_restore.core.colour import MonochromeTone
 from latent_restore.core.components import Component
-from latent_restore.core.imaging import dilate_holes, photo_array, photo_from_array, photo_tensor
+from latent_restore.core.imaging import (
+    HoleFill,
+    dilate_holes,
+    fill_holes,
+    photo_array,
+    photo_from_array,
+    photo_tensor,
+)
 from latent_restore.core.tiling import run_tiled, tile_starts
 from latent_restore.detector_calibration import calibrate_threshold, with_threshold
 from latent_restore.options import planned_stages
@@ -56,32 +63,43 @@ def test_output_keeps_input_size(pipeline, size, with_scratch, hr) -> None:
         assert result.scratch_mask is None
 
 
+@pytest.mark.parametrize("fill", list(HoleFill))
 @pytest.mark.parametrize(("hr", "rows"), [(False, slice(10, 12)), (True, slice(7, 15))])
-def test_scratch_pixels_are_filled_before_encoding(pipeline, hr: bool, rows: slice) -> None:
-    """Holes are painted white, as the scratch mappings were trained; in HR mode after the
-    released 7x7 dilation."""
+def test_scratch_pixels_are_filled_before_encoding(pipeline, hr: bool, rows: slice, fill: HoleFill) -> None:
+    """Holes are filled as the scratch mapping's config says it was trained (white, as released,
+    or inpainted from their border); in HR mode after the released 7x7 dilation."""
     image = _photo(32, 32).astype(np.float32) / 255
     mask = np.zeros((32, 32), bool)
     mask[10:12] = True
     calls = []
     original = pipeline.global_forward
+    config = pipeline.components.get(Component.MAPPING_HR if hr else Component.MAPPING_SCRATCH).config
 
     def spy(mapping, decoder, x, m):
         calls.append((x.clone(), None if m is None else m.clone()))
         return original(mapping, decoder, x, m)
 
     pipeline.global_forward = spy
+    config.hole_fill = fill
     try:
         pipeline.restore_global(image, mask, hr)
     finally:
         pipeline.global_forward = original
+        config.hole_fill = HoleFill.WHITE
     x, m = calls[-1]  # after the planner's probe, when it runs first
     holes = np.zeros((32, 32), bool)
     holes[rows] = True
     assert torch.equal(m[0, 0].bool(), torch.from_numpy(holes))
-    assert torch.all(x[0, :, rows] == 1.0)
-    above = torch.from_numpy(image[: rows.start]).permute(2, 0, 1) * 2 - 1
-    assert torch.allclose(x[0, :, : rows.start], above)
+    photo = torch.from_numpy(image).permute(2, 0, 1) * 2 - 1
+    if fill is HoleFill.WHITE:
+        assert torch.all(x[0, :, rows] == 1.0)
+    else:  # a smooth guess between the rows around the hole, far from white
+        around = torch.cat([photo[:, rows.start - 1], photo[:, rows.stop]], 1)
+        inside = x[0, :, rows]
+        assert inside.max() <= around.max() + 0.02 and inside.min() >= around.min() - 0.02
+        assert (inside - 1).abs().min() > 0.1
+    assert torch.allclose(x[0, :, : rows.start], photo[:, : rows.start])
+    assert torch.allclose(x[0, :, rows.stop :], photo[:, rows.stop :])
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 13), (40, 33)])
@@ -94,6 +112,27 @@ def test_hr_hole_dilation_is_the_released_one(size: tuple[int, int]) -> None:
     expected = official.dilate_mask(mask) > 0
     got = dilate_holes(torch.from_numpy(mask > 0)[None, None].float())[0, 0].numpy() > 0
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_inpainted_holes_continue_their_surroundings(channels: int) -> None:
+    """HoleFill.INPAINT fills a stroke across a smooth photo with close to what it covered, leaves
+    every other pixel (and photos without holes) exactly as they were, and the input untouched."""
+    yy, xx = torch.meshgrid(torch.linspace(-0.8, 0.8, 48), torch.linspace(-0.6, 0.6, 40), indexing="ij")
+    ramp = (0.7 * xx + 0.3 * yy)[None].expand(channels, -1, -1)
+    x = torch.stack([ramp, ramp.flip(-1)]).contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    mask = torch.zeros(2, 1, 48, 40)
+    mask[0, 0, 20:23, 5:35] = 1  # a scratch across the first photo; the second has none
+    mask[0, 0, :, 0] = 1  # and one along its border
+    filled = fill_holes(x, mask, HoleFill.INPAINT)
+    assert torch.equal(x, before)
+    holes = (mask > 0).expand_as(x)
+    assert torch.equal(filled[~holes], x[~holes])
+    assert (filled[holes] - x[holes]).abs().max() < 0.06  # a white fill would be 1 - x away
+    assert (filled[holes] - x[holes]).abs().mean() < 0.03
+    white = fill_holes(x, mask)
+    assert white[holes].eq(1).all() and torch.equal(white[~holes], x[~holes])
 
 
 def test_gray_photo_stays_gray_and_colour_stays_colour(pipeline) -> None:

@@ -53,6 +53,7 @@ from stage2_mapping.mapping import MappingConfig, MappingNetwork
 from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig
 from stage2_mapping.training import (
     MappingTrainingConfig,
+    MappingVariant,
     ScratchTrainingConfig,
     build_mapping,
     build_mapping_task,
@@ -575,6 +576,31 @@ def test_scratch_mapping_warm_started_from_the_quality_mapping(
         warm_start(mapping, ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)))
 
 
+def test_init_from_lays_later_sources_over_earlier_ones(tmp_path: Path, tiny_vaes: tuple[Path, Path]) -> None:
+    """A list of init_from sources: each parameter comes from the last source that has it, so a
+    quality mapping's trunk can carry a trained scratch mapping's non-local block."""
+    small = {"latent_channels": 8, "base_channels": 8, "max_channels": 16, "num_levels": 1, "num_blocks": 2}
+    torch.manual_seed(3)
+    quality = MappingNetwork(MappingConfig(**small, global_context=True))
+    scratch = build_mapping(MappingVariant.NONLOCAL, {**small, "nonlocal_res_blocks": 1})
+    sources = [save_component(quality, tmp_path / "quality"), save_component(scratch, tmp_path / "scratch")]
+    overrides = [
+        f"vae_a={tiny_vaes[0]}",
+        f"vae_b={tiny_vaes[1]}",
+        "variant=nonlocal",
+        "loss.ttur=false",
+        f"init_from=[{sources[0]}, {sources[1]}]",
+        "model.global_context=true",
+        *(f"model.{k}={v}" for k, v in {**small, "nonlocal_res_blocks": 1}.items()),
+    ]
+    config = load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides)
+    mapping = build_mapping_task(config, torch.device("cpu")).models["mapping"]
+    for name, value in mapping.state_dict().items():
+        source = quality if name.startswith("context.") else scratch  # both have the rest: the last wins
+        assert value.equal(source.state_dict()[name]), name
+    assert not quality.state_dict()["out.weight"].equal(scratch.state_dict()["out.weight"])
+
+
 def test_scratch_detector_warm_started_from_a_trained_one(tmp_path: Path) -> None:
     """init_from continues a trained detector: every tensor starts from it."""
     torch.manual_seed(5)
@@ -621,14 +647,16 @@ def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Pat
         ("nonlocal", [], 0),
         ("patch_attention", ["model.patch_sizes=[4, 2]"], 3),  # the released HR mode's 7x7 widening
         ("nonlocal", ["data.hole_dilation=1"], 1),
+        ("nonlocal", ["model.hole_fill=inpaint"], 0),
+        ("patch_attention", ["model.patch_sizes=[4, 2]", "model.hole_fill=inpaint"], 3),
     ],
 )
 def test_scratch_mappings_encode_the_holes_as_the_pipeline_paints_them(
     tiny_vaes: tuple[Path, Path], variant: str, extra: list[str], dilation: int
 ) -> None:
-    """Training must show VAE A the holes as the pipeline will: painted white, whatever the defect,
-    and in HR mode as widened by the released dilation, or the HR mapping never learns to fill
-    the wider white holes it is shown."""
+    """Training must show VAE A the holes as the pipeline will: filled as the mapping's config says
+    (white, whatever the defect, or inpainted from the surroundings), and in HR mode as widened
+    by the released dilation, or the HR mapping never learns to fill the wider holes it is shown."""
     overrides = [f"vae_a={tiny_vaes[0]}", f"vae_b={tiny_vaes[1]}", f"variant={variant}", "loss.ttur=false"]
     task = build_mapping_task(
         load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides + extra), torch.device("cpu")
@@ -647,7 +675,11 @@ def test_scratch_mappings_encode_the_holes_as_the_pipeline_paints_them(
     kernel = np.ones((side, side), np.uint8)
     painted = np.stack([cv2.dilate(m, kernel) for m in mask[:, 0].numpy().astype(np.uint8)])
     holes = torch.from_numpy(painted > 0)[:, None].expand_as(degraded)
-    assert encoded[holes].eq(1).all() and encoded[~holes].eq(-0.5).all()
+    if "model.hole_fill=inpaint" in extra:  # the flat surroundings, to 8 bits
+        assert torch.allclose(encoded[holes], torch.tensor(-0.5), atol=1 / 127.5)
+    else:
+        assert encoded[holes].eq(1).all()
+    assert encoded[~holes].eq(-0.5).all()
     assert degraded.eq(-0.5).all() and mask.sum() == 12  # the batch itself is left as it was
 
 
