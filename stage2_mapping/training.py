@@ -155,6 +155,11 @@ class MappingTrainingConfig:
             A list names several directories, each laid over the ones before it: a quality
             mapping's trunk with a scratch mapping's non-local block on top, for instance.
             A resumed run takes everything from its checkpoint instead.
+        trained_parts: ``None``: the whole mapping trains. Else the names of its parts that do
+            (``[nonlocal_block]``: the partial non-local block alone); the rest stays as
+            ``init_from`` left it. A scratch mapping built on a trained quality mapping then keeps
+            its restoration of every cell outside the holes exactly, while the block learns to
+            fill them for that trunk.
         context_lr_scale: learning-rate factor of the mapping's global-context branch
             (``model.global_context``). Warm-started, the branch begins at zero while the rest is
             trained; at the shared rate its small, noisy gradients moved it too little in a
@@ -171,6 +176,7 @@ class MappingTrainingConfig:
     decoder_component: str | None = None
     encoder_component: str | None = None
     init_from: str | list[str] | None = None
+    trained_parts: list[str] | None = None
     context_lr_scale: float = 1.0
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
@@ -207,6 +213,20 @@ def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
     return copied
 
 
+def freeze_all_but(network: nn.Module, parts: list[str]) -> None:
+    """Stop training every parameter of ``network`` outside the named child modules ``parts``.
+
+    Raises:
+        ConfigError: a part the network does not have (a typo would silently freeze everything).
+    """
+    children = dict(network.named_children())
+    unknown = sorted(set(parts) - set(children))
+    if unknown:
+        raise ConfigError(f"trained_parts: {unknown} not in the mapping's parts {sorted(children)}")
+    for name, child in children.items():
+        child.requires_grad_(name in parts)
+
+
 def _mapping_adam(
     mapping: nn.Module,
     optim: OptimConfig,
@@ -217,7 +237,8 @@ def _mapping_adam(
     """Adam over the mapping, its global-context branch (if any) at ``context_lr_scale`` times the rate."""
     groups: dict[bool, list[nn.Parameter]] = {False: [], True: []}
     for name, param in mapping.named_parameters():
-        groups[name.startswith("context.")].append(param)
+        if param.requires_grad:
+            groups[name.startswith("context.")].append(param)
     if not groups[True] and context_lr_scale != 1.0:
         raise ConfigError("context_lr_scale needs a mapping with model.global_context: true")
     params: list[dict[str, Any]] = [{"params": groups[False]}]
@@ -241,6 +262,8 @@ class MappingTask(TrainTask):
         sources = [config.init_from] if isinstance(config.init_from, str) else config.init_from or []
         for source in sources:
             warm_start(mapping, load_component(source))
+        if config.trained_parts is not None:
+            freeze_all_but(mapping, config.trained_parts)
         channels = mapping.config.latent_channels
         for name, vae in (("vae_a", self.vae_a), ("vae_b", self.vae_b)):
             if vae.config.latent_channels != channels:

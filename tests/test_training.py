@@ -601,6 +601,53 @@ def test_init_from_lays_later_sources_over_earlier_ones(tmp_path: Path, tiny_vae
     assert not quality.state_dict()["out.weight"].equal(scratch.state_dict()["out.weight"])
 
 
+@needs_data
+def test_trained_parts_leave_the_rest_as_init_from_left_it(
+    tmp_path: Path, tiny_vaes: tuple[Path, Path]
+) -> None:
+    """trained_parts=[nonlocal_block]: training moves the block and nothing else of the mapping."""
+    torch.manual_seed(4)
+    small = {"latent_channels": 8, "base_channels": 8, "max_channels": 16, "num_levels": 1, "num_blocks": 2}
+    quality = MappingNetwork(MappingConfig(**small))
+    source = save_component(quality, tmp_path / "mapping_quality")
+    overrides = [
+        *data_overrides(),
+        f"vae_a={tiny_vaes[0]}",
+        f"vae_b={tiny_vaes[1]}",
+        "variant=nonlocal",
+        "loss.ttur=false",
+        "loss.gan_weight=0",
+        "loss.feat_weight=0",
+        f"init_from={source}",
+        "trained_parts=[nonlocal_block]",
+        "train.total_steps=3",
+        "train.decay_steps=0",
+        "train.sample_every=0",
+        *(f"model.{k}={v}" for k, v in {**small, "nonlocal_res_blocks": 1}.items()),
+    ]
+    config = load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides)
+    start = build_mapping_task(config, torch.device("cpu")).models["mapping"].state_dict()
+    weights = launch(
+        MappingTrainingConfig,
+        build_mapping_task,
+        config_path=str(TINY / "mapping.yaml"),
+        overrides=overrides,
+        out=str(tmp_path / "run"),
+        quiet=True,
+    )
+    trained = load_component(weights / Component.MAPPING_SCRATCH.value).state_dict()
+    moved = {name for name, value in trained.items() if not value.equal(start[name])}
+    assert moved and all(name.startswith("nonlocal_block.") for name in moved)
+    assert all(trained[name].equal(value) for name, value in quality.state_dict().items())
+    with pytest.raises(ConfigError, match="nonlocal_blok"):
+        build_mapping_task(
+            load_config(
+                MappingTrainingConfig, TINY / "mapping.yaml", [*overrides, "trained_parts=[nonlocal_blok]"]
+            ),
+            torch.device("cpu"),
+        )
+
+
 def test_scratch_detector_warm_started_from_a_trained_one(tmp_path: Path) -> None:
     """init_from continues a trained detector: every tensor starts from it."""
     torch.manual_seed(5)
