@@ -63,6 +63,14 @@ from stage2_mapping.training import (
 
 TINY = REPO / "scripts" / "configs" / "tiny"
 pytestmark = pytest.mark.usefixtures("restore_torch_state")
+SMALL_MAPPING = {
+    "latent_channels": 8,
+    "base_channels": 8,
+    "max_channels": 16,
+    "num_levels": 1,
+    "num_blocks": 2,
+}
+"""A one-level mapping small enough to warm-start and train in a test."""
 FULL = REPO / "scripts" / "configs" / "full"
 FACE_DIRS = [str(DATA / "faces" / d) for d in ("kair_real_faces", "gfpgan_cropped", "diffbir_aligned")]
 REAL_DIRS = [str(DATA / "real_old")]
@@ -579,10 +587,9 @@ def test_scratch_mapping_warm_started_from_the_quality_mapping(
 def test_init_from_lays_later_sources_over_earlier_ones(tmp_path: Path, tiny_vaes: tuple[Path, Path]) -> None:
     """A list of init_from sources: each parameter comes from the last source that has it, so a
     quality mapping's trunk can carry a trained scratch mapping's non-local block."""
-    small = {"latent_channels": 8, "base_channels": 8, "max_channels": 16, "num_levels": 1, "num_blocks": 2}
     torch.manual_seed(3)
-    quality = MappingNetwork(MappingConfig(**small, global_context=True))
-    scratch = build_mapping(MappingVariant.NONLOCAL, {**small, "nonlocal_res_blocks": 1})
+    quality = MappingNetwork(MappingConfig(**SMALL_MAPPING, global_context=True))
+    scratch = build_mapping(MappingVariant.NONLOCAL, {**SMALL_MAPPING, "nonlocal_res_blocks": 1})
     sources = [save_component(quality, tmp_path / "quality"), save_component(scratch, tmp_path / "scratch")]
     overrides = [
         f"vae_a={tiny_vaes[0]}",
@@ -591,7 +598,7 @@ def test_init_from_lays_later_sources_over_earlier_ones(tmp_path: Path, tiny_vae
         "loss.ttur=false",
         f"init_from=[{sources[0]}, {sources[1]}]",
         "model.global_context=true",
-        *(f"model.{k}={v}" for k, v in {**small, "nonlocal_res_blocks": 1}.items()),
+        *(f"model.{k}={v}" for k, v in {**SMALL_MAPPING, "nonlocal_res_blocks": 1}.items()),
     ]
     config = load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides)
     mapping = build_mapping_task(config, torch.device("cpu")).models["mapping"]
@@ -607,8 +614,7 @@ def test_trained_parts_leave_the_rest_as_init_from_left_it(
 ) -> None:
     """trained_parts=[nonlocal_block]: training moves the block and nothing else of the mapping."""
     torch.manual_seed(4)
-    small = {"latent_channels": 8, "base_channels": 8, "max_channels": 16, "num_levels": 1, "num_blocks": 2}
-    quality = MappingNetwork(MappingConfig(**small))
+    quality = MappingNetwork(MappingConfig(**SMALL_MAPPING))
     source = save_component(quality, tmp_path / "mapping_quality")
     overrides = [
         *data_overrides(),
@@ -623,7 +629,7 @@ def test_trained_parts_leave_the_rest_as_init_from_left_it(
         "train.total_steps=3",
         "train.decay_steps=0",
         "train.sample_every=0",
-        *(f"model.{k}={v}" for k, v in {**small, "nonlocal_res_blocks": 1}.items()),
+        *(f"model.{k}={v}" for k, v in {**SMALL_MAPPING, "nonlocal_res_blocks": 1}.items()),
     ]
     config = load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides)
     start = build_mapping_task(config, torch.device("cpu")).models["mapping"].state_dict()
