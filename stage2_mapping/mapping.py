@@ -20,7 +20,7 @@ from torch import nn
 from latent_restore.core.checkpoint import register_architecture
 from latent_restore.core.imaging import HoleFill
 from latent_restore.core.layers import Norm, normalize, residual_stack
-from stage2_mapping.nonlocal_block import PartialNonLocalBlock
+from stage2_mapping.nonlocal_block import HoleFusion, PartialNonLocalBlock
 from stage2_mapping.patch_attention import PatchAttention
 
 
@@ -79,9 +79,20 @@ class HoleMappingConfig(MappingConfig):
 
 @dataclass
 class NonLocalMappingConfig(HoleMappingConfig):
-    """Adds the partial non-local block's residual refinement (three blocks when released)."""
+    """The partial non-local block's settings.
+
+    Attributes:
+        nonlocal_res_blocks: residual blocks refining the attention result (three when released).
+        nonlocal_fusion: how its hole cells combine that result with their own features
+            (:class:`~stage2_mapping.nonlocal_block.HoleFusion`; released: replace).
+    """
 
     nonlocal_res_blocks: int = 3
+    nonlocal_fusion: HoleFusion = HoleFusion.REPLACE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.nonlocal_fusion = HoleFusion(self.nonlocal_fusion)
 
 
 @dataclass
@@ -175,7 +186,7 @@ class NonLocalMappingNetwork(nn.Module):
         self.config = config
         width = config.widths()[-1]
         self.expand = _expansion(config)
-        self.nonlocal_block = PartialNonLocalBlock(width, config.nonlocal_res_blocks)
+        self.nonlocal_block = PartialNonLocalBlock(width, config.nonlocal_res_blocks, config.nonlocal_fusion)
         self.blocks = residual_stack(width, config.num_blocks)
         self.context = _global_context(config)
         self.contract = _contraction(config)

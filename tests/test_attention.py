@@ -10,6 +10,7 @@ from torch import nn
 from stage2_mapping import nonlocal_block
 from stage2_mapping.nonlocal_block import (
     AttentionKernel,
+    HoleFusion,
     PartialNonLocalBlock,
     attend_in_windows,
     fused_kernel_available,
@@ -305,6 +306,35 @@ def test_training_without_hole_still_reaches_every_parameter() -> None:
     out.sum().backward()
     assert torch.equal(out, x)
     assert all(p.grad is not None for p in block.parameters())
+
+
+def test_blend_fusion_starts_at_the_trunk_and_reaches_the_released_fill() -> None:
+    """A blending block starts as the identity, so a scratch mapping built on a trained trunk
+    begins with that trunk's restoration; at a blend of one it is the released block, and in
+    between each channel moves linearly from its own features to the attention's."""
+    torch.manual_seed(2)
+    replace = PartialNonLocalBlock(4, num_res_blocks=1)
+    blend = PartialNonLocalBlock(4, num_res_blocks=1, fusion="blend")
+    assert blend.fusion is HoleFusion.BLEND and not hasattr(replace, "blend")
+    blend.load_state_dict({**replace.state_dict(), "blend": torch.zeros(1, 4, 1, 1)})
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    mask = torch.zeros(1, 1, 24, 24)
+    mask[..., 8:14, :] = 1.0
+    holes = validity_map(mask, (6, 6)) == 0
+    assert holes.any()
+    out = blend(x, mask)
+    assert torch.equal(out, x)
+    out.sum().backward()
+    assert blend.blend.grad.abs().sum() > 0  # the gate opens from the first step
+    with torch.no_grad():
+        released = replace(x, mask)
+        blend.blend.fill_(1.0)
+        assert torch.allclose(blend(x, mask), released, atol=1e-6)
+        blend.blend.copy_(torch.tensor([0.0, 0.25, 0.5, 1.0]).view(1, 4, 1, 1))
+        mixed = blend(x, mask)
+    expected = x + blend.blend * (released - x)
+    assert torch.allclose(mixed, torch.where(holes, expected, x), atol=1e-6)
+    assert not torch.equal(mixed, x) and not torch.allclose(mixed, released)
 
 
 def _tiles_image(values: list[list[float]], p: int, c: int = 2) -> torch.Tensor:

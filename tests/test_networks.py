@@ -37,6 +37,7 @@ from stage2_mapping import (
     ScratchDetectorConfig,
 )
 from stage2_mapping.mapping import GlobalContext
+from stage2_mapping.nonlocal_block import HoleFusion
 from stage2_mapping.training import warm_start
 
 TINY_MAPPING = {
@@ -226,6 +227,33 @@ def test_global_context_modulates_by_the_statistics_of_the_whole_map() -> None:
         brighter[:, :, -1, -1] += 10.0  # one far cell changes every channel's mean and deviation
         changed = context(brighter)[:, :, 0, 0] - out[:, :, 0, 0]
         assert changed.abs().min() > 0
+
+
+def test_nonlocal_fusion_travels_with_the_weights(tmp_path) -> None:
+    """A blending block's fusion and gate are read back; a config without the key (released
+    networks, earlier built-in ones) is the released replacing block, and a typo is refused."""
+    model = NonLocalMappingNetwork(
+        NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1, nonlocal_fusion="blend")
+    )
+    with torch.no_grad():
+        model.nonlocal_block.blend.fill_(0.3)
+    path = save_component(model, tmp_path / "blend")
+    loaded = load_component(path)
+    assert loaded.config.nonlocal_fusion is HoleFusion.BLEND
+    assert torch.equal(loaded.nonlocal_block.blend, model.nonlocal_block.blend)
+    replace = save_component(
+        NonLocalMappingNetwork(NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1)),
+        tmp_path / "replace",
+    )
+    config_file = replace / "config.json"
+    stored = json.loads(config_file.read_text())
+    del stored["config"]["nonlocal_fusion"]
+    config_file.write_text(json.dumps(stored))
+    assert load_component(replace).config.nonlocal_fusion is HoleFusion.REPLACE
+    stored["config"]["nonlocal_fusion"] = "mix"
+    config_file.write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match="'mix' is not one of 'replace', 'blend'"):
+        load_component(replace)
 
 
 @pytest.mark.parametrize("variant", ["nonlocal", "patch_attention"])
