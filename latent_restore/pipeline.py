@@ -36,6 +36,7 @@ from latent_restore.core.imaging import (
     crop_to,
     dilate_holes,
     fill_holes,
+    mask_to_tensor,
     pad_to_multiple,
     photo_array,
     photo_from_array,
@@ -397,7 +398,7 @@ class RestorationPipeline:
         if mask is None:
             m = None
         else:
-            m = torch.from_numpy(np.asarray(mask) > 0)[None, None].to(torch.float32)
+            m = mask_to_tensor(mask)
             if hr:
                 m = dilate_holes(m)
         x = photo_tensor(rgb)

@@ -16,6 +16,7 @@ from latent_restore.core.imaging import (
     HoleFill,
     dilate_holes,
     fill_holes,
+    mask_to_tensor,
     photo_array,
     photo_from_array,
     photo_tensor,
@@ -133,6 +134,19 @@ def test_inpainted_holes_continue_their_surroundings(channels: int) -> None:
     assert (filled[holes] - x[holes]).abs().mean() < 0.03
     white = fill_holes(x, mask)
     assert white[holes].eq(1).all() and torch.equal(white[~holes], x[~holes])
+
+
+@pytest.mark.parametrize("scale", [1, 255])
+def test_every_marked_pixel_of_a_mask_is_a_hole(scale: int) -> None:
+    """Bool, 0/1 and 0/255 masks, one channel or three, mean the same holes."""
+    marks = np.zeros((5, 7), dtype=np.uint8)
+    marks[1, 2:6] = 1
+    marks[3, 4] = 1
+    expected = torch.from_numpy(marks.astype(np.float32))[None, None]
+    for mask in (marks * scale, np.repeat((marks * scale)[..., None], 3, -1), marks.astype(bool)):
+        assert torch.equal(mask_to_tensor(mask), expected)
+    faint = marks * 0.2  # a soft mask's faint pixel is still a defect
+    assert torch.equal(mask_to_tensor(faint), expected)
 
 
 def test_gray_photo_stays_gray_and_colour_stays_colour(pipeline) -> None:

@@ -34,12 +34,15 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
-    """``H x W`` mask (bool, 0/1 or 0/255) -> float32 ``1 x 1 x H x W`` of 0/1."""
+    """``H x W`` (or ``H x W x C``) mask, any nonzero value a defect -> float32 ``1 x 1 x H x W`` of 0/1.
+
+    Masks reach the pipeline as bool (the detector), 0/1 or 0/255 (files); every nonzero pixel
+    is a hole whatever the convention, since a half-marked pixel left unfilled shows as a stroke.
+    """
     m = np.asarray(mask)
     if m.ndim == 3:
         m = m[..., 0]
-    scale = 255.0 if m.dtype == np.uint8 and m.max(initial=0) > 1 else 1.0
-    return torch.from_numpy(m.astype(np.float32) / scale)[None, None]
+    return torch.from_numpy(m > 0)[None, None].to(torch.float32)
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
