@@ -385,7 +385,8 @@ class RestorationPipeline:
         Args:
             rgb: the photo.
             mask: bool/0-1 ``H x W`` defect mask (scratch modes) or None (quality mode).
-            hr: with a mask, use the patch-attention mapping (and the released 7x7 mask dilation).
+            hr: with a mask, use the patch-attention mapping. The mask is widened and filled as the
+                mapping's config says (``hole_dilation``, ``hole_fill``), as in its training.
             context: how far the partial non-local block attends (see :class:`ScratchContext`).
             progress: told after each tile when the photo is tiled.
             window: attend within windows of this side (pixels) whatever the plan says: for
@@ -395,15 +396,12 @@ class RestorationPipeline:
             The restored photo (float ``H x W x 3``) and the computation path taken.
         """
         mapping, decoder = Mode.of(mask is not None, hr).global_components()
-        if mask is None:
-            m = None
-        else:
-            m = mask_to_tensor(mask)
-            if hr:
-                m = dilate_holes(m)
         x = photo_tensor(rgb)
-        if m is not None:
-            x = fill_holes(x, m, self.components.get(mapping).config.hole_fill)
+        m = None
+        if mask is not None:
+            holes = self.components.get(mapping).config
+            m = dilate_holes(mask_to_tensor(mask), holes.hole_dilation)
+            x = fill_holes(x, m, holes.hole_fill)
         plan = self._plan(x.shape[-2], x.shape[-1], mapping, decoder, context)
         if window is not None:
             cells = window // self.network_shape(mapping).multiple

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_restore.core.checkpoint import register_architecture
-from latent_restore.core.imaging import HoleFill
+from latent_restore.core.imaging import HR_MASK_DILATION, HoleFill
 from latent_restore.core.layers import Norm, normalize, residual_stack
-from stage2_mapping.nonlocal_block import HoleFusion, PartialNonLocalBlock
+from stage2_mapping.hole_fusion import HoleFusion
+from stage2_mapping.nonlocal_block import PartialNonLocalBlock
 from stage2_mapping.patch_attention import PatchAttention
 
 
@@ -62,37 +63,38 @@ class MappingConfig:
 
 @dataclass
 class HoleMappingConfig(MappingConfig):
-    """A mapping that fills holes: its input convention for them.
+    """A mapping that fills holes: how it was trained to see and fill them.
+
+    These are properties of the trained weights, so they travel in their config: the pipeline
+    prepares a photo's holes exactly as the mapping's training prepared the synthetic ones.
 
     Attributes:
-        hole_fill: how the pipeline fills the defect mask before VAE A encodes the photo, and how
-            training fills the synthetic defects (:class:`~latent_restore.core.imaging.HoleFill`;
-            released: white). A property of the trained weights, so it travels in their config.
+        hole_fill: how the defect mask is filled before VAE A encodes the photo
+            (:class:`~latent_restore.core.imaging.HoleFill`; released: white).
+        hole_dilation: times the mask is dilated by a 3x3 square first (released: none for the
+            non-local mapping, :data:`~latent_restore.core.imaging.HR_MASK_DILATION` for patch
+            attention).
+        hole_fusion: how the attention's result enters the hole cells
+            (:class:`~stage2_mapping.hole_fusion.HoleFusion`; released: replace).
     """
 
     hole_fill: HoleFill = HoleFill.WHITE
+    hole_dilation: int = 0
+    hole_fusion: HoleFusion = HoleFusion.REPLACE
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.hole_fill = HoleFill(self.hole_fill)
+        self.hole_fusion = HoleFusion(self.hole_fusion)
+        if self.hole_dilation < 0:
+            raise ValueError(f"hole_dilation must be 0 or more, got {self.hole_dilation}")
 
 
 @dataclass
 class NonLocalMappingConfig(HoleMappingConfig):
-    """The partial non-local block's settings.
-
-    Attributes:
-        nonlocal_res_blocks: residual blocks refining the attention result (three when released).
-        nonlocal_fusion: how its hole cells combine that result with their own features
-            (:class:`~stage2_mapping.nonlocal_block.HoleFusion`; released: replace).
-    """
+    """Adds the partial non-local block's residual refinement (three blocks when released)."""
 
     nonlocal_res_blocks: int = 3
-    nonlocal_fusion: HoleFusion = HoleFusion.REPLACE
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.nonlocal_fusion = HoleFusion(self.nonlocal_fusion)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class PatchAttentionMappingConfig(HoleMappingConfig):
         post_blocks: residual blocks after the last attention scale.
     """
 
+    hole_dilation: int = HR_MASK_DILATION
     patch_sizes: tuple[int, ...] = (8, 4, 2)
     pre_blocks: int = 2
     inter_blocks: int = 2
@@ -186,7 +189,7 @@ class NonLocalMappingNetwork(nn.Module):
         self.config = config
         width = config.widths()[-1]
         self.expand = _expansion(config)
-        self.nonlocal_block = PartialNonLocalBlock(width, config.nonlocal_res_blocks, config.nonlocal_fusion)
+        self.nonlocal_block = PartialNonLocalBlock(width, config.nonlocal_res_blocks, config.hole_fusion)
         self.blocks = residual_stack(width, config.num_blocks)
         self.context = _global_context(config)
         self.contract = _contraction(config)
@@ -209,7 +212,9 @@ class PatchAttentionMappingNetwork(nn.Module):
         width = config.widths()[-1]
         self.expand = _expansion(config)
         self.pre_blocks = residual_stack(width, config.pre_blocks)
-        self.attention = nn.ModuleList(PatchAttention(width, p) for p in config.patch_sizes)
+        self.attention = nn.ModuleList(
+            PatchAttention(width, p, config.hole_fusion) for p in config.patch_sizes
+        )
         self.inter_blocks = nn.ModuleList(
             residual_stack(width, config.inter_blocks) for _ in range(len(config.patch_sizes) - 1)
         )

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from latent_restore.core.layers import residual_stack
 from latent_restore.core.memory import available_memory
+from stage2_mapping.hole_fusion import HoleFusion, blend_gate, fuse_holes
 
 logger = logging.getLogger(__name__)
 
@@ -335,20 +336,6 @@ def partial_attention_naive(
     return torch.bmm(attn, v).permute(0, 2, 1).reshape(n, -1, h, w)
 
 
-class HoleFusion(str, enum.Enum):
-    """What a hole cell of :class:`PartialNonLocalBlock`'s output is made of.
-
-    ``replace`` (released): the attention result alone; whatever the trunk made of the hole is
-    dropped. ``blend``: ``x + a * (y - x)`` with a learned per-channel ``a`` that starts at zero,
-    for holes filled by inpainting before encoding: their own features are then a usable guess,
-    which the block corrects instead of discarding, and a block starting from ``a = 0`` restores
-    exactly as its trunk alone does.
-    """
-
-    REPLACE = "replace"
-    BLEND = "blend"
-
-
 class PartialNonLocalBlock(nn.Module):
     """Attention from hole cells into valid cells, refined by residual blocks and fused by the mask.
 
@@ -356,7 +343,7 @@ class PartialNonLocalBlock(nn.Module):
         channels: feature channels ``C``.
         num_res_blocks: residual blocks applied to the attention output.
         fusion: how hole cells combine the attention result with their own features
-            (:class:`HoleFusion`); ``blend`` adds the parameter ``blend`` (``1 x C x 1 x 1``).
+            (:class:`~stage2_mapping.hole_fusion.HoleFusion`); ``blend`` adds the gate ``blend``.
 
     Attributes:
         max_chunk_bytes: scratch-memory cap for one chunk of query rows (``None`` = automatic).
@@ -371,8 +358,7 @@ class PartialNonLocalBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.fusion = HoleFusion(fusion)
-        if self.fusion is HoleFusion.BLEND:
-            self.blend = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.blend = blend_gate(self.fusion, channels)
         self.theta = nn.Conv2d(channels, channels, 1)
         self.phi = nn.Conv2d(channels, channels, 1)
         self.g = nn.Conv2d(channels, channels, 1)
@@ -425,6 +411,4 @@ class PartialNonLocalBlock(nn.Module):
         # Rebinding step by step lets each full-size intermediate go as soon as it is used.
         y = self.project(y)
         y = self.blocks(y)
-        if self.fusion is HoleFusion.BLEND:
-            y = torch.lerp(x, y, self.blend)
-        return torch.where(valid > 0, x, y)
+        return fuse_holes(x, y, 1.0 - valid, self.blend)

@@ -15,6 +15,7 @@ from torch import nn
 
 from latent_restore.core.layers import ResidualBlock
 from latent_restore.core.memory import available_memory
+from stage2_mapping.hole_fusion import HoleFusion, blend_gate, fuse_holes
 
 HOLE_TILE_FRACTION = 0.6
 DEFAULT_MAX_SIMILARITY_BYTES = 256 << 20
@@ -107,13 +108,18 @@ class PatchAttention(nn.Module):
     Args:
         channels: feature channels ``C``.
         patch_size: tile side in latent cells.
+        fusion: ``replace`` (released): the fused features replace the input everywhere.
+            ``blend``: only the hole cells move, from the input towards them, by the learned gate
+            ``blend`` (:class:`~stage2_mapping.hole_fusion.HoleFusion`), so a layer whose gate is
+            still closed passes a trained trunk's features through untouched.
     """
 
-    def __init__(self, channels: int, patch_size: int) -> None:
+    def __init__(self, channels: int, patch_size: int, fusion: HoleFusion = HoleFusion.REPLACE) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.block = ResidualBlock(channels)
         self.combine = nn.Conv2d(2 * channels + 1, channels, 3, padding=1)
+        self.blend = blend_gate(fusion, channels)
 
     def transfer(self, x: torch.Tensor, holes: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Copy the best-matching known tile into each hole tile, per photo of the batch.
@@ -154,4 +160,5 @@ class PatchAttention(nn.Module):
         """Args: z ``N x C x h x w``; mask ``N x 1 x H x W`` at image resolution (1 = scratch)."""
         holes = hole_map(mask, (z.shape[-2], z.shape[-1])).to(z.dtype)
         transferred = self.transfer(self.block(z), holes, inplace=not torch.is_grad_enabled())
-        return self.combine(torch.cat([z, transferred, holes], dim=1))
+        fused = self.combine(torch.cat([z, transferred, holes], dim=1))
+        return fused if self.blend is None else fuse_holes(z, fused, holes, self.blend)

@@ -27,7 +27,7 @@ from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.data import ImageDataConfig, PairedDataConfig
 from latent_restore.core.discriminators import DiscriminatorConfig, MultiScaleDiscriminator
-from latent_restore.core.imaging import HR_MASK_DILATION, HoleFill, dilate_holes, fill_holes
+from latent_restore.core.imaging import HoleFill, dilate_holes, fill_holes
 from latent_restore.core.interfaces import LatentAutoencoder
 from latent_restore.core.losses import build_vgg_loss
 from latent_restore.core.training import OptimConfig, StepContext, TrainConfig, TrainTask, adam
@@ -79,14 +79,10 @@ class MappingDataConfig(PairedDataConfig):
         with_scratches: add structured defects and their masks; ``None``: on for the scratch and
             HR variants, off for the plain one.
         no_defect_prob: with scratches, probability of a defect-free sample (released: 1/2).
-        hole_dilation: times the defect masks are dilated by a 3x3 square before the holes are
-            painted; ``None``: as the pipeline does for the variant (the released HR mode's
-            :data:`~latent_restore.core.imaging.HR_MASK_DILATION` for patch attention, else 0).
     """
 
     with_scratches: bool | None = None
     no_defect_prob: float = 0.5
-    hole_dilation: int | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -153,8 +149,12 @@ class MappingTrainingConfig:
             mode's restoration of every cell the attention keeps (the partial non-local block
             passes valid cells through), so its training only has the holes left to learn.
             A list names several directories, each laid over the ones before it: a quality
-            mapping's trunk with a scratch mapping's non-local block on top, for instance.
-            A resumed run takes everything from its checkpoint instead.
+            mapping's trunk with a scratch mapping's non-local block on top, for instance
+            (name the scratch mapping first: it holds a trunk of its own, which a later source
+            must overwrite). A resumed run takes everything from its checkpoint instead.
+        init_renames: module paths of the ``init_from`` networks read under another name, e.g.
+            ``{blocks: pre_blocks}``: a patch-attention mapping then starts the residual blocks
+            before its attention from a plain mapping's residual blocks.
         trained_parts: ``None``: the whole mapping trains. Else the names of its parts that do
             (``[nonlocal_block]``: the partial non-local block alone); the rest stays as
             ``init_from`` left it. A scratch mapping built on a trained quality mapping then keeps
@@ -176,6 +176,7 @@ class MappingTrainingConfig:
     decoder_component: str | None = None
     encoder_component: str | None = None
     init_from: str | list[str] | None = None
+    init_renames: dict[str, str] = dataclasses.field(default_factory=dict)
     trained_parts: list[str] | None = None
     context_lr_scale: float = 1.0
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -192,8 +193,19 @@ def build_mapping(variant: MappingVariant, model: Mapping[str, Any]) -> nn.Modul
     return network_cls(config_from_dict(config_cls, dict(model), where="model"))
 
 
-def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
+def renamed(name: str, renames: Mapping[str, str]) -> str:
+    """``name`` with a leading module path of ``renames`` replaced (``blocks.0.w`` -> ``pre_blocks.0.w``)."""
+    for old, new in renames.items():
+        if name == old or name.startswith(old + "."):
+            return new + name[len(old) :]
+    return name
+
+
+def warm_start(network: nn.Module, trained: nn.Module, renames: Mapping[str, str] | None = None) -> list[str]:
     """Copy into ``network`` every parameter of ``trained`` with the same name and shape.
+
+    Args:
+        renames: module paths of ``trained`` to read under another name (:func:`renamed`).
 
     Returns:
         The names copied.
@@ -201,7 +213,7 @@ def warm_start(network: nn.Module, trained: nn.Module) -> list[str]:
     Raises:
         ConfigError: nothing matches (the wrong component was named).
     """
-    source = trained.state_dict()
+    source = {renamed(k, renames or {}): v for k, v in trained.state_dict().items()}
     target = network.state_dict()
     copied = [k for k, v in target.items() if k in source and source[k].shape == v.shape]
     if not copied:
@@ -261,7 +273,7 @@ class MappingTask(TrainTask):
         mapping = build_mapping(config.variant, config.model)
         sources = [config.init_from] if isinstance(config.init_from, str) else config.init_from or []
         for source in sources:
-            warm_start(mapping, load_component(source))
+            warm_start(mapping, load_component(source), config.init_renames)
         if config.trained_parts is not None:
             freeze_all_but(mapping, config.trained_parts)
         channels = mapping.config.latent_channels
@@ -322,9 +334,7 @@ class MappingTask(TrainTask):
 
     @property
     def hole_dilation(self) -> int:
-        if self.config.data.hole_dilation is not None:
-            return self.config.data.hole_dilation
-        return HR_MASK_DILATION if self.config.variant is MappingVariant.PATCH_ATTENTION else 0
+        return getattr(self.models["mapping"].config, "hole_dilation", 0)
 
     @property
     def hole_fill(self) -> HoleFill:
@@ -462,10 +472,6 @@ class ScratchTask(TrainTask):
             warm_start(detector, load_component(config.init_from))
         self.models = {"detector": detector.to(device)}
         self.optimizers = {"detector": adam(self.models["detector"].parameters(), config.optim)}
-
-    @property
-    def hole_fill(self) -> HoleFill:
-        return getattr(self.models["mapping"].config, "hole_fill", HoleFill.WHITE)
 
     def dataset(self) -> Dataset:
         data = self.config.data

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stage2_mapping import nonlocal_block
+from stage2_mapping.hole_fusion import HoleFusion
 from stage2_mapping.nonlocal_block import (
     AttentionKernel,
-    HoleFusion,
     PartialNonLocalBlock,
     attend_in_windows,
     fused_kernel_available,
@@ -315,7 +315,7 @@ def test_blend_fusion_starts_at_the_trunk_and_reaches_the_released_fill() -> Non
     torch.manual_seed(2)
     replace = PartialNonLocalBlock(4, num_res_blocks=1)
     blend = PartialNonLocalBlock(4, num_res_blocks=1, fusion="blend")
-    assert blend.fusion is HoleFusion.BLEND and not hasattr(replace, "blend")
+    assert blend.fusion is HoleFusion.BLEND and replace.blend is None
     blend.load_state_dict({**replace.state_dict(), "blend": torch.zeros(1, 4, 1, 1)})
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
     mask = torch.zeros(1, 1, 24, 24)
@@ -412,6 +412,25 @@ def test_in_place_transfer_equals_tile_matrix_transfer_exactly(p: int, layout) -
     assert attention.transfer(inplace, holes, inplace=True) is inplace
     assert torch.equal(inplace, ref)
     assert torch.equal(inplace[1:3], x[1:3])
+
+
+def test_blending_patch_attention_moves_only_the_holes_by_its_gate() -> None:
+    torch.manual_seed(6)
+    released = PatchAttention(3, 2)
+    blending = PatchAttention(3, 2, fusion="blend")
+    assert released.blend is None
+    blending.load_state_dict({**released.state_dict(), "blend": torch.zeros(1, 3, 1, 1)})
+    z = torch.randn(1, 3, 8, 6)
+    mask = torch.zeros(1, 1, 32, 24)
+    mask[..., 4:9, :] = 1
+    holes = hole_map(mask, (8, 6)).bool().expand_as(z)
+    with torch.no_grad():
+        assert torch.equal(blending(z, mask), z)  # closed gate: the trunk's features pass through
+        full = released(z, mask)
+        blending.blend.fill_(1.0)
+        opened = blending(z, mask)
+    assert torch.allclose(opened[holes], full[holes], atol=1e-6)
+    assert torch.equal(opened[~holes], z[~holes]) and not torch.allclose(full[~holes], z[~holes])
 
 
 def test_patch_attention_forward_equals_previous_formula_and_trains() -> None:

@@ -22,7 +22,7 @@ from latent_restore.core.checkpoint import (
     register_architecture,
     save_component,
 )
-from latent_restore.core.imaging import HoleFill
+from latent_restore.core.imaging import HR_MASK_DILATION, HoleFill
 from latent_restore.core.unet import UNetConfig
 from latent_restore.pix2pix import Pix2PixGenerator
 from stage1_vae import VAE, VAEConfig
@@ -36,8 +36,8 @@ from stage2_mapping import (
     ScratchDetector,
     ScratchDetectorConfig,
 )
+from stage2_mapping.hole_fusion import HoleFusion
 from stage2_mapping.mapping import GlobalContext
-from stage2_mapping.nonlocal_block import HoleFusion
 from stage2_mapping.training import warm_start
 
 TINY_MAPPING = {
@@ -229,17 +229,17 @@ def test_global_context_modulates_by_the_statistics_of_the_whole_map() -> None:
         assert changed.abs().min() > 0
 
 
-def test_nonlocal_fusion_travels_with_the_weights(tmp_path) -> None:
+def test_nonlocal_blend_travels_with_the_weights(tmp_path) -> None:
     """A blending block's fusion and gate are read back; a config without the key (released
     networks, earlier built-in ones) is the released replacing block, and a typo is refused."""
     model = NonLocalMappingNetwork(
-        NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1, nonlocal_fusion="blend")
+        NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1, hole_fusion="blend")
     )
     with torch.no_grad():
         model.nonlocal_block.blend.fill_(0.3)
     path = save_component(model, tmp_path / "blend")
     loaded = load_component(path)
-    assert loaded.config.nonlocal_fusion is HoleFusion.BLEND
+    assert loaded.config.hole_fusion is HoleFusion.BLEND
     assert torch.equal(loaded.nonlocal_block.blend, model.nonlocal_block.blend)
     replace = save_component(
         NonLocalMappingNetwork(NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1)),
@@ -247,10 +247,10 @@ def test_nonlocal_fusion_travels_with_the_weights(tmp_path) -> None:
     )
     config_file = replace / "config.json"
     stored = json.loads(config_file.read_text())
-    del stored["config"]["nonlocal_fusion"]
+    del stored["config"]["hole_fusion"]
     config_file.write_text(json.dumps(stored))
-    assert load_component(replace).config.nonlocal_fusion is HoleFusion.REPLACE
-    stored["config"]["nonlocal_fusion"] = "mix"
+    assert load_component(replace).config.hole_fusion is HoleFusion.REPLACE
+    stored["config"]["hole_fusion"] = "mix"
     config_file.write_text(json.dumps(stored))
     with pytest.raises(CheckpointError, match="'mix' is not one of 'replace', 'blend'"):
         load_component(replace)
@@ -279,4 +279,28 @@ def test_hole_fill_travels_with_the_weights(variant: str, tmp_path) -> None:
     stored["config"]["hole_fill"] = "black"
     config_file.write_text(json.dumps(stored))
     with pytest.raises(CheckpointError, match="'black' is not one of 'white', 'inpaint'"):
+        load_component(path)
+
+
+@pytest.mark.parametrize(("variant", "released"), [("nonlocal", 0), ("patch_attention", HR_MASK_DILATION)])
+def test_hole_dilation_travels_with_the_weights(variant: str, released: int, tmp_path) -> None:
+    """How far a mapping's training widened the holes is read back; without the key, the released
+    pre-processing of its variant (HR mode's 7x7 dilation for patch attention, none otherwise)."""
+    config_cls, network_cls, extra = {
+        "nonlocal": (NonLocalMappingConfig, NonLocalMappingNetwork, {"nonlocal_res_blocks": 1}),
+        "patch_attention": (PatchAttentionMappingConfig, PatchAttentionMappingNetwork, {"patch_sizes": (2,)}),
+    }[variant]
+    assert config_cls(**TINY_MAPPING, **extra).hole_dilation == released
+    path = save_component(
+        network_cls(config_cls(**TINY_MAPPING, **extra, hole_dilation=2)), tmp_path / variant
+    )
+    assert load_component(path).config.hole_dilation == 2
+    config_file = path / "config.json"
+    stored = json.loads(config_file.read_text())
+    del stored["config"]["hole_dilation"]
+    config_file.write_text(json.dumps(stored))
+    assert load_component(path).config.hole_dilation == released
+    stored["config"]["hole_dilation"] = -1
+    config_file.write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match="hole_dilation"):
         load_component(path)

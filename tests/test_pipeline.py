@@ -65,10 +65,21 @@ def test_output_keeps_input_size(pipeline, size, with_scratch, hr) -> None:
 
 
 @pytest.mark.parametrize("fill", list(HoleFill))
-@pytest.mark.parametrize(("hr", "rows"), [(False, slice(10, 12)), (True, slice(7, 15))])
-def test_scratch_pixels_are_filled_before_encoding(pipeline, hr: bool, rows: slice, fill: HoleFill) -> None:
-    """Holes are filled as the scratch mapping's config says it was trained (white, as released,
-    or inpainted from their border); in HR mode after the released 7x7 dilation."""
+@pytest.mark.parametrize(
+    ("hr", "dilation", "rows"),
+    [
+        (False, None, slice(10, 12)),
+        (True, None, slice(7, 15)),
+        (True, 0, slice(10, 12)),
+        (False, 1, slice(9, 13)),
+    ],
+)
+def test_scratch_pixels_are_filled_before_encoding(
+    pipeline, hr: bool, dilation: int | None, rows: slice, fill: HoleFill
+) -> None:
+    """Holes are widened and filled as the scratch mapping's config says it was trained: by
+    default not widened, and in HR mode by the released 7x7 dilation; then painted white, as
+    released, or inpainted from their border."""
     image = _photo(32, 32).astype(np.float32) / 255
     mask = np.zeros((32, 32), bool)
     mask[10:12] = True
@@ -81,12 +92,15 @@ def test_scratch_pixels_are_filled_before_encoding(pipeline, hr: bool, rows: sli
         return original(mapping, decoder, x, m)
 
     pipeline.global_forward = spy
+    default_dilation = config.hole_dilation
     config.hole_fill = fill
+    config.hole_dilation = default_dilation if dilation is None else dilation
     try:
         pipeline.restore_global(image, mask, hr)
     finally:
         pipeline.global_forward = original
         config.hole_fill = HoleFill.WHITE
+        config.hole_dilation = default_dilation
     x, m = calls[-1]  # after the planner's probe, when it runs first
     holes = np.zeros((32, 32), bool)
     holes[rows] = True

@@ -584,6 +584,54 @@ def test_scratch_mapping_warm_started_from_the_quality_mapping(
         warm_start(mapping, ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)))
 
 
+def test_hr_mapping_built_on_the_quality_mapping_starts_as_it(
+    tmp_path: Path, tiny_vaes: tuple[Path, Path]
+) -> None:
+    """init_renames reads the quality mapping's residual blocks as the patch-attention mapping's
+    pre-attention blocks; with blending attention (closed gates) and no other blocks, the HR
+    mapping starts with exactly the quality mapping's restoration, holes or not."""
+    torch.manual_seed(4)
+    quality = MappingNetwork(
+        MappingConfig(latent_channels=8, base_channels=8, max_channels=16, num_levels=1, num_blocks=2)
+    )
+    source = save_component(quality, tmp_path / "mapping_quality")
+    model = {
+        "num_levels": 1,
+        "pre_blocks": 2,
+        "inter_blocks": 0,
+        "post_blocks": 0,
+        "patch_sizes": "[4, 2]",
+        "hole_fusion": "blend",
+    }
+    overrides = [
+        f"vae_a={tiny_vaes[0]}",
+        f"vae_b={tiny_vaes[1]}",
+        "variant=patch_attention",
+        "loss.ttur=false",
+        f"init_from={source}",
+        "trained_parts=[attention]",
+        *(f"model.{k}={v}" for k, v in model.items()),
+    ]
+    config = load_config(
+        MappingTrainingConfig, TINY / "mapping.yaml", [*overrides, "init_renames={blocks: pre_blocks}"]
+    )
+    mapping = build_mapping_task(config, torch.device("cpu")).models["mapping"].eval()
+    assert mapping.pre_blocks.state_dict().keys() == quality.blocks.state_dict().keys()
+    for name, value in quality.blocks.state_dict().items():
+        assert mapping.pre_blocks.state_dict()[name].equal(value)
+    latent = torch.randn(1, 8, 8, 8)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 10:14, :] = 1
+    with torch.no_grad():
+        assert torch.allclose(mapping(latent, mask), quality(latent), atol=1e-6)
+    trainable = {n for n, p in mapping.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("attention.") for n in trainable)
+    unrenamed = build_mapping_task(
+        load_config(MappingTrainingConfig, TINY / "mapping.yaml", overrides), torch.device("cpu")
+    )
+    assert not unrenamed.models["mapping"].pre_blocks[0].conv1.weight.equal(quality.blocks[0].conv1.weight)
+
+
 def test_init_from_lays_later_sources_over_earlier_ones(tmp_path: Path, tiny_vaes: tuple[Path, Path]) -> None:
     """A list of init_from sources: each parameter comes from the last source that has it, so a
     quality mapping's trunk can carry a trained scratch mapping's non-local block."""
@@ -699,7 +747,8 @@ def test_global_context_branch_learns_at_its_own_rate(tiny_vaes: tuple[Path, Pat
     [
         ("nonlocal", [], 0),
         ("patch_attention", ["model.patch_sizes=[4, 2]"], 3),  # the released HR mode's 7x7 widening
-        ("nonlocal", ["data.hole_dilation=1"], 1),
+        ("nonlocal", ["model.hole_dilation=1"], 1),
+        ("patch_attention", ["model.patch_sizes=[4, 2]", "model.hole_dilation=0"], 0),
         ("nonlocal", ["model.hole_fill=inpaint"], 0),
         ("patch_attention", ["model.patch_sizes=[4, 2]", "model.hole_fill=inpaint"], 3),
     ],

@@ -96,7 +96,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and values the class
+    refuses (``ValueError``) raise :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -107,7 +108,10 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> 
     kwargs = {
         key: _coerce(hints[key], value, f"{where}.{key}" if where else key) for key, value in data.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the config's own checks of its values
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
