@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +230,20 @@ def test_global_context_modulates_by_the_statistics_of_the_whole_map() -> None:
         assert changed.abs().min() > 0
 
 
+_REMOVE = object()
+
+
+def _rewrite_stored_config(path: Path, key: str, value: object = _REMOVE) -> None:
+    """Set (or, without ``value``, remove) one key of a saved component's network config."""
+    config_file = path / "config.json"
+    stored = json.loads(config_file.read_text())
+    if value is _REMOVE:
+        del stored["config"][key]
+    else:
+        stored["config"][key] = value
+    config_file.write_text(json.dumps(stored))
+
+
 def test_nonlocal_blend_travels_with_the_weights(tmp_path) -> None:
     """A blending block's fusion and gate are read back; a config without the key (released
     networks, earlier built-in ones) is the released replacing block, and a typo is refused."""
@@ -245,13 +260,9 @@ def test_nonlocal_blend_travels_with_the_weights(tmp_path) -> None:
         NonLocalMappingNetwork(NonLocalMappingConfig(**TINY_MAPPING, nonlocal_res_blocks=1)),
         tmp_path / "replace",
     )
-    config_file = replace / "config.json"
-    stored = json.loads(config_file.read_text())
-    del stored["config"]["hole_fusion"]
-    config_file.write_text(json.dumps(stored))
+    _rewrite_stored_config(replace, "hole_fusion")
     assert load_component(replace).config.hole_fusion is HoleFusion.REPLACE
-    stored["config"]["hole_fusion"] = "mix"
-    config_file.write_text(json.dumps(stored))
+    _rewrite_stored_config(replace, "hole_fusion", "mix")
     with pytest.raises(CheckpointError, match="'mix' is not one of 'replace', 'blend'"):
         load_component(replace)
 
@@ -271,13 +282,9 @@ def test_hole_fill_travels_with_the_weights(variant: str, tmp_path) -> None:
     assert model.config.hole_fill is HoleFill.INPAINT
     path = save_component(model, tmp_path / variant)
     assert load_component(path).config.hole_fill is HoleFill.INPAINT
-    config_file = path / "config.json"
-    stored = json.loads(config_file.read_text())
-    del stored["config"]["hole_fill"]
-    config_file.write_text(json.dumps(stored))
+    _rewrite_stored_config(path, "hole_fill")
     assert load_component(path).config.hole_fill is HoleFill.WHITE
-    stored["config"]["hole_fill"] = "black"
-    config_file.write_text(json.dumps(stored))
+    _rewrite_stored_config(path, "hole_fill", "black")
     with pytest.raises(CheckpointError, match="'black' is not one of 'white', 'inpaint'"):
         load_component(path)
 
@@ -295,12 +302,8 @@ def test_hole_dilation_travels_with_the_weights(variant: str, released: int, tmp
         network_cls(config_cls(**TINY_MAPPING, **extra, hole_dilation=2)), tmp_path / variant
     )
     assert load_component(path).config.hole_dilation == 2
-    config_file = path / "config.json"
-    stored = json.loads(config_file.read_text())
-    del stored["config"]["hole_dilation"]
-    config_file.write_text(json.dumps(stored))
+    _rewrite_stored_config(path, "hole_dilation")
     assert load_component(path).config.hole_dilation == released
-    stored["config"]["hole_dilation"] = -1
-    config_file.write_text(json.dumps(stored))
+    _rewrite_stored_config(path, "hole_dilation", -1)
     with pytest.raises(CheckpointError, match="hole_dilation"):
         load_component(path)
