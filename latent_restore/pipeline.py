@@ -121,16 +121,18 @@ def scratch_probability(
 ) -> np.ndarray:
     """Defect probability (float32 ``H x W``) of float RGB ``H x W x 3`` by the scratch detector.
 
-    The detector runs at the scale it was trained for (short side :data:`DETECTOR_SHORT_SIDE`,
-    antialiased), padded to its multiple; the probabilities — not a thresholded mask — are
+    The detector sees the photo's luma or its RGB, as many channels as it asks for, at the scale it
+    was trained for (short side :data:`DETECTOR_SHORT_SIDE`, antialiased), padded to its
+    multiple; the probabilities — not a thresholded mask — are
     upsampled bilinearly, so large photos get smooth masks instead of the released pipeline's
     blocky ones. The pipeline and the threshold calibration both threshold this map.
     """
     h, w = rgb.shape[:2]
-    gray = torch.from_numpy(np.ascontiguousarray(luma(rgb), dtype=np.float32))[None, None] * 2.0 - 1.0
+    photo = rgb if detector.config.in_channels == 3 else luma(rgb)[..., None]
+    x = torch.from_numpy(np.ascontiguousarray(photo, dtype=np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
     scale = DETECTOR_SHORT_SIDE / min(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = F.interpolate(gray, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
     padded, small_size = pad_to_multiple(small, detector.config.multiple)
     with torch.inference_mode():
         logits = detector(padded.to(device, dtype)).to(torch.float32).cpu()

@@ -1,6 +1,7 @@
 """Scratch-detection U-Net with blur-pool antialiasing (TPAMI 2022 §3.4; spec §4).
 
-Predicts per-pixel logits of structured defects (scratches, cracks, dust) from a grayscale photo;
+Predicts per-pixel logits of structured defects (scratches, cracks, dust, stains) from a grayscale
+photo (the released detector) or an RGB one;
 ``sigmoid(logits) >= threshold`` gives the mask that the partial non-local block fills in.
 Downsampling is "blur then subsample" (Zhang 2019, antialiased CNNs), so the mask does not
 flicker when the photo shifts by a pixel.
@@ -8,6 +9,8 @@ flicker when the photo shifts by a pixel.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +93,8 @@ class ScratchDetectorConfig:
     """Settings of :class:`ScratchDetector`; the defaults are those of the released checkpoint.
 
     Attributes:
-        in_channels: 1 (grayscale photos).
+        in_channels: 1 (grayscale photos, released) or 3 (RGB photos: a stain's brown tint is
+            visible, where luma alone shows only a faint darkening).
         out_channels: 1 (scratch logit).
         base_channels: channels after the stem; doubled at every level.
         depth: number of blur-pool levels; image sides must be multiples of ``2**depth``.
@@ -113,7 +117,7 @@ class ScratchDetectorConfig:
 
 @register_architecture("scratch_detector", ScratchDetectorConfig)
 class ScratchDetector(nn.Module):
-    """U-Net: grayscale ``N x 1 x H x W`` in [-1, 1] -> logits ``N x 1 x H x W``.
+    """U-Net: photo ``N x in_channels x H x W`` in [-1, 1] -> logits ``N x 1 x H x W``.
 
     ``H`` and ``W`` must be multiples of ``2**depth`` (the pipeline pads to that).
     """
@@ -141,3 +145,23 @@ class ScratchDetector(nn.Module):
         for level, skip in zip(self.up, reversed(skips), strict=True):
             x = level(x, skip)
         return reflect_conv(self.head, x, 1)
+
+
+def rgb_detector_from_gray(detector: ScratchDetector, luma_weights: Sequence[float]) -> ScratchDetector:
+    """A three-channel copy of a grayscale ``detector`` that gives the same logits on RGB input.
+
+    The stem's one input filter is split over R, G and B in the proportions of ``luma_weights``
+    (which sum to 1, so ``2 * luma - 1`` is the same mix of ``2 * rgb - 1``). A colour detector
+    then starts from everything the gray one learned instead of from scratch, and training only
+    has to teach it what the colour adds.
+    """
+    if detector.config.in_channels != 1:
+        raise ValueError(f"expected a grayscale detector, got in_channels={detector.config.in_channels}")
+    mix = torch.as_tensor(list(luma_weights), dtype=detector.stem.weight.dtype)
+    if mix.shape != (3,) or abs(float(mix.sum()) - 1.0) > 1e-4:
+        raise ValueError(f"luma_weights must be three weights summing to 1, got {list(luma_weights)}")
+    rgb = ScratchDetector(dataclasses.replace(detector.config, in_channels=3))
+    state = detector.state_dict()
+    state["stem.weight"] = state["stem.weight"] * mix.view(1, 3, 1, 1)
+    rgb.load_state_dict(state)
+    return rgb.train(detector.training)

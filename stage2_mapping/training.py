@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from latent_restore.core.checkpoint import load_component
+from latent_restore.core.colour import LUMA
 from latent_restore.core.components import Component
 from latent_restore.core.config import ConfigError, config_from_dict
 from latent_restore.core.data import ImageDataConfig, PairedDataConfig
@@ -42,7 +43,7 @@ from stage2_mapping.mapping import (
     PatchAttentionMappingConfig,
     PatchAttentionMappingNetwork,
 )
-from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig
+from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig, rgb_detector_from_gray
 
 
 class MappingVariant(str, enum.Enum):
@@ -423,12 +424,15 @@ class ScratchDataConfig(ImageDataConfig):
         view_size: 0: defects drawn on the crop at the photo's resolution; else the short side the
             photo is first resized to, defects drawn on a square of that side (see
             :class:`~stage2_mapping.data.ScratchDetectionDataset`).
+        grayscale_prob: for an RGB detector (``model.in_channels: 3``), share of photos made gray
+            (many old prints are); a grayscale detector's samples are always gray.
 
     The degradation's defects are always on; the other fields are :class:`ImageDataConfig`'s.
     """
 
     no_defect_prob: float = 0.1
     view_size: int = 0
+    grayscale_prob: float = 0.0
 
 
 @dataclasses.dataclass
@@ -447,7 +451,9 @@ class ScratchTrainingConfig:
 
     ``init_from``: ``None``: the detector starts random; a trained detector's component directory:
     every parameter of the same name and shape starts from it (:func:`warm_start`), so a new data
-    recipe can continue a trained detector instead of paying for its first thousand iterations.
+    recipe can continue a trained detector instead of paying for its first thousand iterations. A
+    grayscale detector continued as an RGB one (``model.in_channels: 3``) keeps its stem, spread
+    over the channels by the luma weights (:func:`rgb_detector_from_gray`).
     """
 
     init_from: str | None = None
@@ -469,7 +475,10 @@ class ScratchTask(TrainTask):
         self.config = config
         detector = ScratchDetector(config.model)
         if config.init_from:
-            warm_start(detector, load_component(config.init_from))
+            trained = load_component(config.init_from)
+            if trained.config.in_channels == 1 and config.model.in_channels == 3:
+                trained = rgb_detector_from_gray(trained, LUMA)
+            warm_start(detector, trained)
         self.models = {"detector": detector.to(device)}
         self.optimizers = {"detector": adam(self.models["detector"].parameters(), config.optim)}
 
@@ -485,6 +494,8 @@ class ScratchTask(TrainTask):
             cache=data.cache,
             exclude_held_out=data.exclude_held_out,
             view_size=data.view_size or None,
+            channels=self.config.model.in_channels,
+            grayscale_prob=data.grayscale_prob,
         )
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:

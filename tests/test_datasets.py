@@ -288,6 +288,40 @@ def test_scratch_detection_dataset(clean_dir: Path) -> None:
     _check_determinism(make)
 
 
+def _stains_only() -> DegradationConfig:
+    """Photometric ops off and stains as the only defect kind."""
+    config = _photometric_off()
+    kinds = {
+        f.name: dataclasses.replace(getattr(config.defects, f.name), prob=0.0)
+        for f in dataclasses.fields(config.defects)
+        if f.name not in ("enabled", "at_least_one", "stains")
+    }
+    stains = dataclasses.replace(config.defects.stains, prob=1.0)
+    return dataclasses.replace(config, defects=dataclasses.replace(config.defects, stains=stains, **kinds))
+
+
+def test_rgb_scratch_detection_samples_show_the_stains_tint(tmp_path: Path) -> None:
+    """channels=3 keeps colour, so a stain is brown on the sample; channels=1 leaves one gray channel."""
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    Image.fromarray(np.full((48, 48, 3), (200, 190, 180), np.uint8)).save(folder / "flat.png")
+    make = lambda channels, gray: ScratchDetectionDataset(  # noqa: E731
+        folder, 32, degradation=_stains_only(), length=4, channels=channels, grayscale_prob=gray
+    )
+    for i in range(4):
+        item = make(3, 0.0)[i]
+        image, mask = (item["image"].permute(1, 2, 0).numpy() + 1) * 127.5, item["mask"][0].numpy() > 0
+        assert item["image"].shape == (3, 32, 32) and mask.any() and not mask.all()
+        assert np.allclose(image[~mask], (200, 190, 180), atol=0.01)
+        red, blue = image[mask][:, 0], image[mask][:, 2]
+        assert np.all(blue / red < 180 / 200), "a stain absorbs blue more than red"
+        gray = make(3, 1.0)[i]["image"]
+        assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+        assert make(1, 0.0)[i]["image"].shape == (1, 32, 32)
+    with pytest.raises(ValueError, match="channels"):
+        ScratchDetectionDataset(folder, 32, channels=2)
+
+
 def test_scratch_detection_view_shows_the_photo_at_the_detector_scale(tmp_path: Path) -> None:
     """With view_size the crop is a window of the photo resized to that short side, not of the photo."""
     folder = tmp_path / "large"

@@ -10,7 +10,7 @@ import torch
 
 from latent_restore import official
 from latent_restore.core.checkpoint import load_component, save_component
-from latent_restore.core.colour import MonochromeTone
+from latent_restore.core.colour import LUMA, MonochromeTone
 from latent_restore.core.components import Component
 from latent_restore.core.imaging import (
     HoleFill,
@@ -33,6 +33,7 @@ from latent_restore.pipeline import (
     estimate_global_bytes,
     scratch_probability,
 )
+from stage2_mapping.scratch_detector import rgb_detector_from_gray
 
 
 def _photo(h: int, w: int, seed: int = 0, gray: bool = False) -> np.ndarray:
@@ -422,3 +423,20 @@ def test_detector_threshold_is_calibrated_and_travels_with_the_weights(tmp_path,
     assert np.array_equal(
         calibrated.detect_scratches(rgb, threshold=0.4), scratch_probability(detector, rgb) >= 0.4
     )
+
+
+def test_rgb_detector_sees_colour_and_a_gray_one_luma(tiny_weights) -> None:
+    """scratch_probability feeds each detector the channels it asks for."""
+    gray = load_component(tiny_weights / Component.SCRATCH_DETECTOR.value)
+    rgb_detector = rgb_detector_from_gray(gray, LUMA)
+    photo = _photo(40, 56).astype(np.float32) / 255
+    probability = scratch_probability(rgb_detector, photo)
+    np.testing.assert_allclose(probability, scratch_probability(gray, photo), atol=1e-5)
+    with torch.no_grad():  # keep only the blue filter of the stem
+        rgb_detector.stem.weight[:, :2] = 0
+    red, blue = photo.copy(), photo.copy()
+    red[..., 0] = 1 - red[..., 0]
+    blue[..., 2] = 1 - blue[..., 2]
+    only_blue = scratch_probability(rgb_detector, photo)
+    assert np.array_equal(scratch_probability(rgb_detector, red), only_blue)
+    assert not np.allclose(scratch_probability(rgb_detector, blue), only_blue)

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from latent_restore.core.checkpoint import load_component, save_component
+from latent_restore.core.colour import LUMA
 from latent_restore.core.config import ConfigError, load_config
 from latent_restore.core.discriminators import MultiScaleDiscriminator, split_batch
 from latent_restore.core.dist import ShardedSampler
@@ -50,7 +51,7 @@ from stage1_vae.training import build_task as build_vae_task
 from stage1_vae.vae import VAE, VAEConfig
 from stage2_mapping.losses import scratch_detection_loss, soft_dice_loss
 from stage2_mapping.mapping import MappingConfig, MappingNetwork
-from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig
+from stage2_mapping.scratch_detector import ScratchDetector, ScratchDetectorConfig, rgb_detector_from_gray
 from stage2_mapping.training import (
     MappingTrainingConfig,
     MappingVariant,
@@ -713,6 +714,25 @@ def test_scratch_detector_warm_started_from_a_trained_one(tmp_path: Path) -> Non
         assert value.equal(trained.state_dict()[name]), name
     fresh = build_scratch_task(load_config(ScratchTrainingConfig, TINY / "scratch.yaml"), torch.device("cpu"))
     assert not all(v.equal(trained.state_dict()[k]) for k, v in fresh.models["detector"].state_dict().items())
+
+
+def test_grayscale_detector_continued_as_an_rgb_one(tmp_path: Path) -> None:
+    """model.in_channels 3 with a gray init_from starts from the same predictions on RGB input."""
+    torch.manual_seed(6)
+    trained = ScratchDetector(ScratchDetectorConfig(base_channels=4, depth=2)).eval()
+    source = save_component(trained, tmp_path / "scratch_detector")
+    overrides = [f"init_from={source}", "model.in_channels=3"]
+    config = load_config(ScratchTrainingConfig, TINY / "scratch.yaml", overrides)
+    detector = build_scratch_task(config, torch.device("cpu")).models["detector"].eval()
+    rgb = torch.rand(2, 3, 16, 16) * 2 - 1
+    luma = (rgb * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    with torch.no_grad():
+        torch.testing.assert_close(detector(rgb), trained(luma), atol=1e-5, rtol=1e-4)
+    assert detector.stem.weight.shape[1] == 3
+    with pytest.raises(ValueError, match="grayscale"):
+        rgb_detector_from_gray(detector, LUMA)
+    with pytest.raises(ValueError, match="sum"):
+        rgb_detector_from_gray(trained, [0.5, 0.5, 0.5])
 
 
 @pytest.mark.parametrize("ttur", [False, True])
