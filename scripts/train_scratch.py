@@ -1,4 +1,6 @@
-"""Train the scratch-detection U-Net on grayscale photos with synthetic defects and their masks.
+"""Train the scratch-detection U-Net on photos with synthetic defects and their masks.
+
+The photos are grayscale for the released single-channel detector and RGB for `model.in_channels: 3`.
 
     python scripts/train_scratch.py --config scripts/configs/full/scratch.yaml --out runs/scratch
 

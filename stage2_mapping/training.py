@@ -6,7 +6,7 @@ to VAE B's code of the clean photo (x60), a conditional image GAN (the discrimin
 degraded input beside the output), feature matching (x10) and, with weights, VGG (x10). The scratch
 variants train on photos with synthetic defects and their masks.
 
-Scratch detector: a U-Net trained on grayscale photos with synthetic structured defects and their
+Scratch detector: a U-Net trained on grayscale or RGB photos with synthetic structured defects and their
 exact masks (TPAMI 2022 §3.4), with weighted / focal binary cross-entropy.
 """
 
@@ -417,7 +417,7 @@ def build_mapping_task(config: MappingTrainingConfig, device: torch.device) -> M
 
 @dataclasses.dataclass
 class ScratchDataConfig(ImageDataConfig):
-    """Synthetic scratch-detection data (grayscale crops with structured defects and exact masks).
+    """Synthetic scratch-detection data (grayscale or RGB crops with structured defects and exact masks).
 
     Attributes:
         no_defect_prob: probability of a negative sample without defects.
