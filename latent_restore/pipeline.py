@@ -123,9 +123,9 @@ def scratch_probability(
 
     The detector sees the photo's luma or its RGB, as many channels as it asks for, at the scale it
     was trained for (short side :data:`DETECTOR_SHORT_SIDE`, antialiased), padded to its
-    multiple; the probabilities — not a thresholded mask — are
-    upsampled bilinearly, so large photos get smooth masks instead of the released pipeline's
-    blocky ones. The pipeline and the threshold calibration both threshold this map.
+    multiple; the probabilities — not a thresholded mask — are upsampled bilinearly, so large
+    photos get smooth masks instead of the released pipeline's blocky ones. The pipeline and the
+    threshold calibration both threshold this map.
     """
     h, w = rgb.shape[:2]
     photo = rgb if detector.config.in_channels == 3 else luma(rgb)[..., None]

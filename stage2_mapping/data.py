@@ -37,8 +37,8 @@ class ScratchDetectionDataset(PooledDataset):
     With ``channels=1`` (the released detector) the crop is converted to grayscale before degrading
     and colour-ageing ops are disabled, so the whole chain stays gray and the mask is exact for the
     single output channel. With ``channels=3`` the crop keeps its colour and the degradation's
-    colour ageing, so a stain shows its brown tint: the single channel sees only its faint
-    darkening and the detector learns to miss it.
+    colour ageing, so the detector meets the defects in colour, as the pipeline shows them (a
+    stain's brown tint, white scratches on a sepia print).
 
     Args:
         clean_dirs: clean photo folder(s).

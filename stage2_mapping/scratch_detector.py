@@ -93,8 +93,8 @@ class ScratchDetectorConfig:
     """Settings of :class:`ScratchDetector`; the defaults are those of the released checkpoint.
 
     Attributes:
-        in_channels: 1 (grayscale photos, released) or 3 (RGB photos: a stain's brown tint is
-            visible, where luma alone shows only a faint darkening).
+        in_channels: 1 (grayscale photos, released) or 3 (RGB photos: the defects' colour, such
+            as a stain's brown tint, is visible, where luma shows only its lightness).
         out_channels: 1 (scratch logit).
         base_channels: channels after the stem; doubled at every level.
         depth: number of blur-pool levels; image sides must be multiples of ``2**depth``.

@@ -6,8 +6,8 @@ to VAE B's code of the clean photo (x60), a conditional image GAN (the discrimin
 degraded input beside the output), feature matching (x10) and, with weights, VGG (x10). The scratch
 variants train on photos with synthetic defects and their masks.
 
-Scratch detector: a U-Net trained on grayscale or RGB photos with synthetic structured defects and their
-exact masks (TPAMI 2022 §3.4), with weighted / focal binary cross-entropy.
+Scratch detector: a U-Net trained on grayscale or RGB photos with synthetic structured defects and
+their exact masks (TPAMI 2022 §3.4), with weighted / focal binary cross-entropy.
 """
 
 from __future__ import annotations
